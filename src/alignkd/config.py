@@ -48,14 +48,16 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         arguments = typing.get_args(annotation)
         if value is None and type(None) in arguments:
             return None
-        errors = []
-        for argument in arguments:
-            if argument is type(None):
-                continue
+        alternatives = [argument for argument in arguments if argument is not type(None)]
+        # With one real alternative (an optional field), its own error is the most precise one,
+        # for example an unknown key deep inside an optional section.
+        if len(alternatives) == 1:
+            return _convert(value, alternatives[0], key)
+        for argument in alternatives:
             try:
                 return _convert(value, argument, key)
-            except ConfigError as error:
-                errors.append(str(error))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: expected {_describe(annotation)}, got {value!r}")
 
     if origin is Literal:

@@ -1,0 +1,366 @@
+"""Run `alignkd distill`: load the models, check the data, train each stage, save the student.
+
+Output layout:
+
+    output_dir/
+      config.yaml                   the resolved config (every default filled in)
+      <stage>/checkpoint-N/         resumable checkpoints: student/, adapters, optimizer, ...
+      <stage>/adapters.safetensors  the adapters at the end of the stage
+      <stage>/log_history.json      every logged value
+      <stage>/loss_curve.png        each loss term against the step
+      <stage>/COMPLETED             written last; a completed stage is skipped on a rerun
+      pretrain/student/             the student after stage 1 of "both" (it starts stage 2)
+      student/                      the final student, in its native format
+
+Running the same command again resumes: completed stages are skipped and an interrupted
+stage continues from its newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import TrainingArguments, set_seed
+
+from alignkd.config import to_mapping
+from alignkd.data.dataset import prepare_dataset
+from alignkd.errors import AlignKDError
+from alignkd.losses.objective import AlignKDObjective, ResolvedObjective
+from alignkd.models.loading import LoadedVLM, get_vlm_adapter, load_vlm, save_vlm
+from alignkd.training.checkpoints import find_resumable_checkpoint
+from alignkd.training.config import DistillConfig, ModelSource, StageConfig
+from alignkd.training.deepspeed import prepare_teacher_for_zero3, resolve_deepspeed_config, zero_stage
+from alignkd.training.module import DistillationModule
+from alignkd.training.plots import plot_loss_history
+from alignkd.training.teacher import LiveTeacher, TeacherSource
+from alignkd.training.trainer import DistillationTrainer, load_adapters, save_adapters
+
+logger = logging.getLogger(__name__)
+
+COMPLETED_MARKER = "COMPLETED"
+FINAL_STUDENT = "student"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StageResult:
+    """What one stage produced."""
+
+    name: str
+    student_dir: Path
+    stage_dir: Path
+    log_history: list[dict[str, Any]]
+
+
+def teacher_dtype(source: ModelSource, precision: str) -> torch.dtype:
+    """The teacher needs no fp32 master weights: under mixed precision it runs in half precision."""
+    if source.dtype != "auto":
+        return _DTYPES[source.dtype]
+    return _PRECISION_DTYPES[precision]
+
+
+def student_dtype(source: ModelSource) -> torch.dtype:
+    """The student trains with fp32 weights unless told otherwise; autocast handles mixed precision."""
+    return torch.float32 if source.dtype == "auto" else _DTYPES[source.dtype]
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def write_resolved_config(config: DistillConfig, output_dir: Path) -> None:
+    """Save the config with every default filled in, so a run can be repeated exactly."""
+    data = to_mapping(config)
+    data["loss"]["resolved"] = to_mapping(config.loss.resolved())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with (output_dir / "config.yaml").open("w", encoding="utf-8") as handle:
+        yaml.safe_dump(data, handle, sort_keys=False)
+
+
+def build_objective(
+    settings: ResolvedObjective, student: LoadedVLM, teacher_model: torch.nn.Module | None, teacher_sizes: dict[str, int] | None
+) -> AlignKDObjective:
+    """Create the objective, sizing the adapters from the two models."""
+    student_adapter = get_vlm_adapter(student.model)
+    sizes: dict[str, int | None] = {"teacher_heads": None, "teacher_width": None}
+    if teacher_model is not None:
+        teacher_adapter = get_vlm_adapter(teacher_model)
+        sizes = {"teacher_heads": teacher_adapter.num_attention_heads, "teacher_width": teacher_adapter.hidden_size}
+    elif teacher_sizes is not None:
+        sizes = dict(teacher_sizes)
+    return AlignKDObjective(
+        settings,
+        student_heads=student_adapter.num_attention_heads,
+        student_width=student_adapter.hidden_size,
+        tokenizer_length=len(student.tokenizer),
+        **sizes,
+    )
+
+
+def prepare_student(student: LoadedVLM, train_language_model: bool, gradient_checkpointing: bool, capture_attention: bool) -> None:
+    """Freeze the vision tower (and optionally the LLM); enable gradient checkpointing."""
+    model = student.model
+    adapter = get_vlm_adapter(model)
+    model.requires_grad_(True)
+    adapter.vision_tower.requires_grad_(False)
+    adapter.vision_tower.eval()
+    if not train_language_model:
+        adapter.language_model.requires_grad_(False)
+        adapter.projector.requires_grad_(True)
+
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if capture_attention:
+            # The probe records layer 0's attention during its forward; recomputing that layer
+            # in backward would record it again, so layer 0 keeps its activations.
+            first_layer = adapter.decoder.layers[0]
+            if hasattr(first_layer, "gradient_checkpointing"):
+                first_layer.gradient_checkpointing = False
+
+
+def training_arguments(config: DistillConfig, stage: StageConfig, stage_dir: Path) -> TrainingArguments:
+    optimization = stage.optimization
+    deepspeed = resolve_deepspeed_config(config.deepspeed)
+    return TrainingArguments(
+        output_dir=str(stage_dir),
+        per_device_train_batch_size=optimization.per_device_batch_size,
+        gradient_accumulation_steps=optimization.gradient_accumulation_steps,
+        learning_rate=optimization.learning_rate,
+        weight_decay=optimization.weight_decay,
+        lr_scheduler_type=optimization.lr_scheduler,
+        warmup_steps=optimization.warmup_ratio,
+        num_train_epochs=optimization.num_epochs,
+        max_steps=optimization.max_steps,
+        max_grad_norm=optimization.max_grad_norm,
+        bf16=config.precision == "bf16",
+        fp16=config.precision == "fp16",
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        dataloader_num_workers=config.dataloader_num_workers,
+        remove_unused_columns=False,
+        report_to="none",
+        deepspeed=deepspeed,
+        use_cpu=not torch.cuda.is_available(),
+        # Text-only micro-batches leave the projector unused on that rank.
+        ddp_find_unused_parameters=True,
+        disable_tqdm=False,
+        save_only_model=False,
+        train_sampling_strategy="random" if optimization.shuffle else "sequential",
+    )
+
+
+def load_teacher(config: DistillConfig, settings: ResolvedObjective) -> tuple[TeacherSource | None, LoadedVLM | None]:
+    """Load the live teacher, or the teacher cache, or nothing for the "sft" preset."""
+    if not settings.needs_teacher:
+        return None, None
+    if config.teacher_cache is not None:
+        from alignkd.cache.reader import CachedTeacher  # noqa: PLC0415 - optional feature
+
+        return CachedTeacher.open(config.teacher_cache, config=config), None
+    dtype = teacher_dtype(config.teacher, config.precision)
+    device = "cuda" if torch.cuda.is_available() and int(os.environ.get("LOCAL_RANK", "-1")) < 0 else None
+    if torch.cuda.is_available() and int(os.environ.get("LOCAL_RANK", "-1")) >= 0:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    loaded = load_vlm(config.teacher.path, dtype=dtype, device=device)
+    logger.info("Loaded the teacher from %s in %s", config.teacher.path, dtype)
+    return LiveTeacher(loaded.model), loaded
+
+
+@dataclass
+class StageSetup:
+    """A stage ready to train: the trainer and the parts it was built from."""
+
+    trainer: DistillationTrainer
+    module: DistillationModule
+    student: LoadedVLM
+    stage_dir: Path
+
+
+def build_stage(
+    config: DistillConfig,
+    name: str,
+    stage: StageConfig,
+    *,
+    student_path: str | Path,
+    previous_adapters: Path | None,
+    teacher: TeacherSource | None,
+    teacher_loaded: LoadedVLM | None,
+) -> StageSetup:
+    """Load the student, check the data and build the trainer of one stage."""
+    settings = config.loss.resolved()
+    stage_dir = Path(config.output_dir) / name
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(config.seed)
+
+    student = load_vlm(student_path, dtype=student_dtype(config.student))
+    prepare_student(
+        student,
+        stage.optimization.train_language_model,
+        config.gradient_checkpointing,
+        settings.capture_student_attention,
+    )
+    student_adapter = get_vlm_adapter(student.model)
+
+    teacher_model = teacher_loaded.model if teacher_loaded is not None else None
+    teacher_sizes = getattr(teacher, "model_sizes", None)
+    objective = build_objective(settings, student, teacher_model, teacher_sizes)
+    module = DistillationModule(student.model, objective, teacher)
+    if previous_adapters is not None and load_adapters(module, previous_adapters):
+        logger.info("Carried the adapters over from %s", previous_adapters)
+
+    num_vision_tokens = student_adapter.num_vision_tokens
+    processors = {"student": student.image_processor}
+    if teacher_loaded is not None:
+        teacher_adapter = get_vlm_adapter(teacher_loaded.model)
+        num_vision_tokens = max(num_vision_tokens, teacher_adapter.num_vision_tokens)
+        processors["teacher"] = teacher_loaded.image_processor
+        if len(teacher_loaded.tokenizer) != len(student.tokenizer):
+            raise AlignKDError(
+                f"teacher tokenizer ({len(teacher_loaded.tokenizer)} tokens) and student tokenizer "
+                f"({len(student.tokenizer)} tokens) differ; distillation needs one shared tokenizer"
+            )
+
+    dataset, _ = prepare_dataset(stage.data, student.tokenizer, processors, num_vision_tokens)
+    args = training_arguments(config, stage, stage_dir)
+
+    optimization = stage.optimization
+    learning_rates = {
+        "language_model": optimization.learning_rate,
+        "projector": optimization.resolved_projector_learning_rate,
+        "adapters": optimization.resolved_adapter_learning_rate,
+    }
+
+    def sampler_factory(trainer: DistillationTrainer):
+        return dataset.sampler(
+            batch_size=trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps,
+            world_size=trainer.args.world_size,
+            seed=config.seed,
+        )
+
+    trainer = DistillationTrainer(
+        model=module,
+        args=args,
+        train_dataset=dataset,
+        data_collator=dataset.collator(),
+        learning_rates=learning_rates,
+        num_vision_tokens=student_adapter.num_vision_tokens,
+        tokenizer=student.tokenizer,
+        image_processor=student.image_processor,
+        sampler_factory=sampler_factory if optimization.shuffle and stage.data.group_by != "none" else None,
+        skip_counts=dataset.runtime_problem_counts,
+    )
+
+    if teacher_model is not None and zero_stage(args.deepspeed) == 3:
+        teacher.model = prepare_teacher_for_zero3(teacher_model, trainer.accelerator)
+    return StageSetup(trainer=trainer, module=module, student=student, stage_dir=stage_dir)
+
+
+def run_stage(
+    config: DistillConfig,
+    name: str,
+    stage: StageConfig,
+    *,
+    student_path: str | Path,
+    student_output_dir: Path,
+    previous_adapters: Path | None,
+    teacher: TeacherSource | None,
+    teacher_loaded: LoadedVLM | None,
+) -> StageResult:
+    """Train one stage (resuming it if it was interrupted) and save its student and adapters."""
+    setup = build_stage(
+        config,
+        name,
+        stage,
+        student_path=student_path,
+        previous_adapters=previous_adapters,
+        teacher=teacher,
+        teacher_loaded=teacher_loaded,
+    )
+    trainer, stage_dir = setup.trainer, setup.stage_dir
+
+    resume = find_resumable_checkpoint(stage_dir)
+    if resume is not None:
+        logger.info("Resuming stage %s from %s", name, resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+
+    if trainer.args.should_save:
+        student = setup.student
+        save_vlm(student.model, student.tokenizer, student.image_processor, student_output_dir)
+        save_adapters(setup.module, stage_dir)
+        history = trainer.state.log_history
+        (stage_dir / "log_history.json").write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
+        plot_loss_history(history, stage_dir / "loss_curve.png", title=f"{name} stage")
+        (stage_dir / COMPLETED_MARKER).write_text("done\n", encoding="utf-8")
+        logger.info("Stage %s finished; student saved to %s", name, student_output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return StageResult(name, student_output_dir, stage_dir, list(trainer.state.log_history))
+
+
+def warn_single_process_launch() -> None:
+    """Warn when `accelerate launch --num_processes N` silently started one process.
+
+    Without GPUs and without --multi_gpu, accelerate's simple launcher sets a rendezvous
+    address for N processes but starts only one.
+    """
+    if "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ and "ACCELERATE_USE_CPU" in os.environ:
+        logger.warning(
+            "accelerate started a single process. To train with several processes on a machine without "
+            "GPUs, launch with `accelerate launch --multi_gpu --num_processes N`: the processes then use "
+            "the CPU and the gloo backend"
+        )
+
+
+def run_distillation(config: DistillConfig) -> list[StageResult]:
+    """Run every stage of `config` in order; return what each produced."""
+    warn_single_process_launch()
+    output_dir = Path(config.output_dir)
+    if _is_main_process():
+        write_resolved_config(config, output_dir)
+
+    settings = config.loss.resolved()
+    set_seed(config.seed)
+    teacher, teacher_loaded = load_teacher(config, settings)
+
+    results = []
+    student_path: str | Path = config.student.path
+    previous_adapters: Path | None = None
+    stages = config.stages()
+    for index, (name, stage) in enumerate(stages):
+        stage_dir = output_dir / name
+        is_last = index == len(stages) - 1
+        student_output_dir = output_dir / FINAL_STUDENT if is_last else stage_dir / FINAL_STUDENT
+
+        if (stage_dir / COMPLETED_MARKER).is_file():
+            logger.info("Stage %s already completed in %s; skipping it", name, stage_dir)
+            history_file = stage_dir / "log_history.json"
+            history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else []
+            results.append(StageResult(name, student_output_dir, stage_dir, history))
+        else:
+            results.append(
+                run_stage(
+                    config,
+                    name,
+                    stage,
+                    student_path=student_path,
+                    student_output_dir=student_output_dir,
+                    previous_adapters=previous_adapters,
+                    teacher=teacher,
+                    teacher_loaded=teacher_loaded,
+                )
+            )
+        student_path = student_output_dir
+        previous_adapters = stage_dir
+    return results
