@@ -1,0 +1,1 @@
+"""Scorers for the evaluation benchmarks, one module per benchmark, and their shared rules."""
