@@ -1,0 +1,104 @@
+"""`alignkd data check` as a user runs it."""
+
+from __future__ import annotations
+
+import pytest
+from data_helpers import conversation
+
+from alignkd.cli import main
+
+
+@pytest.fixture
+def tokenizer_folder(tmp_path, llama_tokenizer):
+    folder = tmp_path / "tokenizer"
+    llama_tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def run_check(data, images, tokenizer_folder, *extra: str) -> int:
+    arguments = ["data", "check", str(data), "--tokenizer", str(tokenizer_folder), "--num-vision-tokens", "4"]
+    if images is not None:
+        arguments += ["--images", str(images)]
+    return main(arguments + list(extra))
+
+
+def test_clean_data_exits_zero(write_data, image_folder, tokenizer_folder, capsys):
+    data = write_data([conversation("<image>\nColour?", "Red.", image="red.png"), conversation("Hi", "Hello")])
+
+    status = run_check(data, image_folder, tokenizer_folder)
+
+    output = capsys.readouterr().out
+    assert status == 0
+    assert "samples: 2 in the file, 2 kept (1 with an image, 1 text-only)" in output
+    assert "Problems: none" in output
+    assert "Result: OK" in output
+
+
+def test_missing_image_exits_nonzero(write_data, image_folder, tokenizer_folder, capsys):
+    data = write_data(
+        [
+            conversation("<image>\nColour?", "Red.", image="red.png", sample_id="1"),
+            conversation("<image>\nWhat?", "A dog.", image="sam/does_not_exist.jpg", sample_id="2"),
+            conversation("Hi", "Hello", sample_id="3"),
+        ]
+    )
+
+    status = run_check(data, image_folder, tokenizer_folder)
+
+    output = capsys.readouterr().out
+    assert status == 1
+    assert "image_missing                    1  ERROR" in output
+    assert "sample '2' (item 1 of data.json): image file not found" in output
+    assert "Result: FAILED" in output
+
+
+def test_skip_within_threshold_exits_zero(write_data, image_folder, tokenizer_folder, capsys):
+    data = write_data(
+        [
+            conversation("<image>\nColour?", "Red.", image="red.png"),
+            conversation("<image>\nWhat?", "A dog.", image="gone.jpg"),
+        ]
+    )
+
+    status = run_check(data, image_folder, tokenizer_folder, "--on-error", "skip", "--max-skip-fraction", "0.5")
+
+    assert status == 0
+    assert "image_missing                    1  removed" in capsys.readouterr().out
+
+
+def test_max_length_reported(write_data, image_folder, tokenizer_folder, capsys):
+    data = write_data([conversation("<image>\nColour?", "Red.", image="red.png")])
+
+    status = run_check(data, image_folder, tokenizer_folder, "--max-length", "3")
+
+    output = capsys.readouterr().out
+    assert status == 1
+    assert "length limit: 3 tokens, counting 4 vision tokens per image" in output
+    assert "over_length" in output
+
+
+def test_template_rule_reported(write_data, image_folder, tokenizer_folder, capsys):
+    data = write_data([conversation("Q", "A", sample_id="t")])
+
+    status = run_check(data, image_folder, tokenizer_folder, "--template", "plain")
+
+    assert status == 1
+    assert "sample 't' (item 0 of data.json): template 'plain' needs an image" in capsys.readouterr().out
+
+
+def test_missing_tokenizer_is_one_line_error(write_data, tmp_path, caplog):
+    data = write_data([conversation("Hi", "Hello")])
+
+    status = run_check(data, None, tmp_path / "no_tokenizer")
+
+    assert status == 1
+    assert "tokenizer folder not found" in caplog.text
+
+
+def test_unknown_template_is_one_line_error(write_data, tokenizer_folder, caplog):
+    data = write_data([conversation("Hi", "Hello")])
+
+    status = run_check(data, None, tokenizer_folder, "--template", "chatml")
+
+    assert status == 1
+    assert "unknown chat template 'chatml'" in caplog.text
