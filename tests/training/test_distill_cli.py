@@ -126,3 +126,13 @@ def test_presets_one_key_apart(tiny_setup, tmp_path, preset):
     assert ("loss_logits" in logged) == (preset != "sft")
     assert ("loss_vision" in logged) == (preset == "released-code")
     assert "loss_attention" not in logged
+
+
+def test_changed_config_is_not_resumed(tiny_setup, tmp_path, caplog):
+    output = tmp_path / "run"
+    config = write_config(tiny_setup, output)
+    assert main(["distill", str(config), "finetune.optimization.max_steps=2"]) == 0
+    # Logging and saving intervals may change; the learning rate may not.
+    assert main(["distill", str(config), "finetune.optimization.max_steps=2", "logging_steps=2"]) == 0
+    assert main(["distill", str(config), "finetune.optimization.max_steps=2", "finetune.optimization.learning_rate=0.1"]) == 1
+    assert "changed: finetune.optimization.learning_rate" in caplog.text

@@ -86,6 +86,10 @@ class OptimizationConfig:
     train_language_model: bool = True
     """Train the student's LLM; false trains only the projector (and the adapters)."""
 
+    train_vision_tower: bool = False
+    """Train the vision tower too. Align-KD keeps the student's tower frozen; this is for training a
+    model from scratch (for example the demo's teacher)."""
+
     def validate(self) -> None:
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")

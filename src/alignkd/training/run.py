@@ -77,6 +77,40 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+# Settings that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {"logging_steps", "save_steps", "save_total_limit", "dataloader_num_workers"}
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        changed = []
+        for key in sorted(set(old) | set(new)):
+            dotted = f"{prefix}.{key}" if prefix else key
+            changed += _changed_keys(old.get(key), new.get(key), dotted)
+        return changed
+    return [] if old == new else [prefix]
+
+
+def check_same_config(config: DistillConfig, output_dir: Path) -> None:
+    """Refuse to resume or reuse a run whose saved config differs from `config`.
+
+    Completed stages are skipped and interrupted ones resumed, which is only right when the
+    run was started with the same settings.
+    """
+    saved_file = output_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
+    saved.get("loss", {}).pop("resolved", None)
+    changed = [key for key in _changed_keys(saved, to_mapping(config)) if key.split(".")[0] not in RESUMABLE_CHANGES]
+    started = any((output_dir / name).is_dir() for name in ("pretrain", "finetune"))
+    if changed and started:
+        raise AlignKDError(
+            f"{output_dir} holds a run started with a different config (changed: {', '.join(changed)}). "
+            "Rerun with the same config to resume it, or choose a new output_dir"
+        )
+
+
 def write_resolved_config(config: DistillConfig, output_dir: Path) -> None:
     """Save the config with every default filled in, so a run can be repeated exactly."""
     data = to_mapping(config)
@@ -106,13 +140,20 @@ def build_objective(
     )
 
 
-def prepare_student(student: LoadedVLM, train_language_model: bool, gradient_checkpointing: bool, capture_attention: bool) -> None:
+def prepare_student(
+    student: LoadedVLM,
+    train_language_model: bool,
+    gradient_checkpointing: bool,
+    capture_attention: bool,
+    train_vision_tower: bool = False,
+) -> None:
     """Freeze the vision tower (and optionally the LLM); enable gradient checkpointing."""
     model = student.model
     adapter = get_vlm_adapter(model)
     model.requires_grad_(True)
-    adapter.vision_tower.requires_grad_(False)
-    adapter.vision_tower.eval()
+    if not train_vision_tower:
+        adapter.vision_tower.requires_grad_(False)
+        adapter.vision_tower.eval()
     if not train_language_model:
         adapter.language_model.requires_grad_(False)
         adapter.projector.requires_grad_(True)
@@ -166,16 +207,23 @@ def load_teacher(config: DistillConfig, settings: ResolvedObjective) -> tuple[Te
     """Load the live teacher, or the teacher cache, or nothing for the "sft" preset."""
     if not settings.needs_teacher:
         return None, None
+    cached = None
     if config.teacher_cache is not None:
         from alignkd.cache.reader import CachedTeacher  # noqa: PLC0415 - optional feature
 
-        return CachedTeacher.open(config.teacher_cache, config=config), None
+        cached = CachedTeacher.open(config.teacher_cache, config=config)
+        if not cached.needs_live_teacher:
+            return cached, None
     dtype = teacher_dtype(config.teacher, config.precision)
     device = "cuda" if torch.cuda.is_available() and int(os.environ.get("LOCAL_RANK", "-1")) < 0 else None
     if torch.cuda.is_available() and int(os.environ.get("LOCAL_RANK", "-1")) >= 0:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     loaded = load_vlm(config.teacher.path, dtype=dtype, device=device)
     logger.info("Loaded the teacher from %s in %s", config.teacher.path, dtype)
+    if cached is not None:
+        # A partial cache: the live teacher computes the samples the cache does not hold.
+        cached.attach_live_teacher(LiveTeacher(loaded.model), loaded)
+        return cached, loaded
     return LiveTeacher(loaded.model), loaded
 
 
@@ -211,6 +259,7 @@ def build_stage(
         stage.optimization.train_language_model,
         config.gradient_checkpointing,
         settings.capture_student_attention,
+        stage.optimization.train_vision_tower,
     )
     student_adapter = get_vlm_adapter(student.model)
 
@@ -221,7 +270,8 @@ def build_stage(
     if previous_adapters is not None and load_adapters(module, previous_adapters):
         logger.info("Carried the adapters over from %s", previous_adapters)
 
-    num_vision_tokens = student_adapter.num_vision_tokens
+    # A cached teacher's vision tokens count in the length check, as a loaded teacher's do below.
+    num_vision_tokens = max(student_adapter.num_vision_tokens, getattr(teacher, "num_vision_tokens", 0))
     processors = {"student": student.image_processor}
     if teacher_loaded is not None:
         teacher_adapter = get_vlm_adapter(teacher_loaded.model)
@@ -234,6 +284,9 @@ def build_stage(
             )
 
     dataset, _ = prepare_dataset(stage.data, student.tokenizer, processors, num_vision_tokens)
+    if hasattr(teacher, "bind"):
+        # A cached teacher checks its stage against this run and maps dataset rows to its entries.
+        teacher.bind(name, stage, dataset, student.tokenizer)
     args = training_arguments(config, stage, stage_dir)
 
     optimization = stage.optimization
@@ -327,6 +380,7 @@ def run_distillation(config: DistillConfig) -> list[StageResult]:
     """Run every stage of `config` in order; return what each produced."""
     warn_single_process_launch()
     output_dir = Path(config.output_dir)
+    check_same_config(config, output_dir)
     if _is_main_process():
         write_resolved_config(config, output_dir)
 
