@@ -181,7 +181,9 @@ class VicunaV1Template(ChatTemplate):
     )
 
     def render(self, turns: Sequence[Turn]) -> list[Segment]:
-        segments = [SEQUENCE_START, prompt(self.system_prompt + " ")]
+        segments = [SEQUENCE_START]
+        if self.system_prompt:
+            segments.append(prompt(self.system_prompt + " "))
         for user, assistant in rounds(turns):
             segments += [prompt("USER: "), *user_message(user), prompt(" "), prompt("ASSISTANT:")]
             if assistant is not None:

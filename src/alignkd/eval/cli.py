@@ -39,6 +39,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--template", default="v1", help="chat template of the prompt (default v1, Vicuna v1)")
     evaluate.add_argument(
+        "--system-prompt",
+        default=None,
+        help="replace the template's system prompt (use the one the model was trained with); default: the template's",
+    )
+    evaluate.add_argument(
         "--prompt-variant",
         help=(
             "prompt variant: textvqa 'ocr' (keep the 'Reference OCR token' line) or 'pure' (remove it); "
@@ -99,6 +104,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         template=args.template,
+        system_prompt=args.system_prompt,
         prompt_variant=args.prompt_variant,
         image_aspect_ratio=args.image_aspect_ratio,
         limit=args.limit,

@@ -61,6 +61,9 @@ class EvalConfig:
     # Chat template passed to `encode_generation_prompt`. LLaVA-1.5 and MobileVLM evaluate
     # with "v1" (Vicuna v1).
     template: str = "v1"
+    # Replacement for the template's system prompt; None keeps the template's own. It must
+    # match the system prompt the model was trained with.
+    system_prompt: str | None = None
     # Benchmark prompt variant. None uses the benchmark's default, which for TextVQA is the
     # variant that the question file already uses.
     prompt_variant: str | None = None
@@ -176,7 +179,7 @@ def build_backend(config: EvalConfig) -> GenerationBackend:
     from alignkd.models.loading import load_vlm
 
     # Fail before loading the model, not on every question.
-    get_template(config.template)
+    get_template(config.template, config.system_prompt)
     loaded = load_vlm(config.model, dtype=_torch_dtype(config.dtype), device=config.device)
     model_config = getattr(loaded.model, "config", None)
     aspect_ratio = config.image_aspect_ratio or getattr(model_config, "image_aspect_ratio", None) or DEFAULT_ASPECT_RATIO
@@ -194,7 +197,7 @@ def build_backend(config: EvalConfig) -> GenerationBackend:
         pad_token_id = eos_token_id
 
     def encode_prompt(text: str, has_image: bool) -> list[int]:
-        return encode_generation_prompt(loaded.tokenizer, config.template, text, has_image)
+        return encode_generation_prompt(loaded.tokenizer, config.template, text, has_image, config.system_prompt)
 
     def load_image(question: Question) -> Any:
         if question.image_bytes is not None:
@@ -357,6 +360,7 @@ def run_evaluation(config: EvalConfig, backend: GenerationBackend | None = None)
         "benchmark": benchmark.name,
         "prompt_variant": variant,
         "template": config.template,
+        "system_prompt": config.system_prompt,
         "decoding": _decoding_settings(config),
         "image_aspect_ratio": backend.image_aspect_ratio,
         "model": backend.model_name,
