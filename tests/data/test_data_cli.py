@@ -102,3 +102,22 @@ def test_unknown_template_is_one_line_error(write_data, tokenizer_folder, caplog
 
     assert status == 1
     assert "unknown chat template 'chatml'" in caplog.text
+
+
+def test_vision_tokens_read_from_model(write_data, image_folder, tokenizer_folder, tmp_path, llama_tokenizer, capsys):
+    from alignkd.models.loading import save_vlm
+    from alignkd.models.spec import init_model
+
+    spec = {
+        "family": "mobilevlm",
+        "vision": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "patch_size": 8, "image_size": 32},
+        "projector": {"type": "ldpnetv2", "grid_size": 3},
+        "language": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+    }
+    loaded = init_model(spec, llama_tokenizer, seed=0)
+    save_vlm(loaded.model, loaded.tokenizer, loaded.image_processor, tmp_path / "model")
+    data = write_data([conversation("<image>\nColour?", "Red.", image="red.png")])
+
+    arguments = ["data", "check", str(data), "--tokenizer", str(tokenizer_folder), "--images", str(image_folder)]
+    assert main(arguments + ["--model", str(tmp_path / "model")]) == 0
+    assert "counting 9 vision tokens per image" in capsys.readouterr().out

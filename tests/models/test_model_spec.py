@@ -87,3 +87,20 @@ def test_bad_projector_type_named(llama_tokenizer):
     spec["projector"]["type"] = "ldpnet3"
     with pytest.raises(ConfigError, match="projector: type: unknown projector type 'ldpnet3'"):
         init_model(spec, llama_tokenizer)
+
+
+def test_vision_token_count_from_config(tmp_path, llama_tokenizer):
+    from alignkd.models.loading import read_num_vision_tokens, save_vlm
+    from alignkd.models.spec import init_model
+
+    for family, projector, expected in (("mobilevlm", "ldpnetv2", 4), ("mobilevlm", "mlp2x_gelu", 16), ("llava", "mlp2x_gelu", 16)):
+        spec = {
+            "family": family,
+            "vision": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "patch_size": 8, "image_size": 32},
+            "projector": {"type": projector, "grid_size": 2},
+            "language": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+        }
+        loaded = init_model(spec, llama_tokenizer, seed=0)
+        folder = tmp_path / f"{family}-{projector}"
+        save_vlm(loaded.model, loaded.tokenizer, loaded.image_processor, folder)
+        assert read_num_vision_tokens(folder) == expected, folder.name

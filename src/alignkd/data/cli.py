@@ -43,14 +43,20 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         help="longest sequence in tokens, vision tokens included (default: data.max_length's default, 2048); "
         "0 for no limit",
     )
-    # NOTE: `--model DIR` (reading the vision token count from a model's config) is left out:
-    # alignkd.models.loading has no function that reads it without loading the weights.
-    check.add_argument(
+    counts = check.add_mutually_exclusive_group(required=True)
+    counts.add_argument(
         "--num-vision-tokens",
         type=int,
-        required=True,
         metavar="N",
         help="vision tokens per image, the largest among the models in use (144 for MobileVLM V2)",
+    )
+    counts.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="model folder(s) to read the vision tokens per image from (repeat for teacher and student; "
+        "the largest count is used)",
     )
     check.add_argument(
         "--image-check",
@@ -111,7 +117,12 @@ def run_check(args: argparse.Namespace) -> int:
         settings["image_check"] = args.image_check
     config = from_mapping(DataConfig, settings)
     tokenizer = load_tokenizer(args.tokenizer)
-    result = check_data(config, tokenizer, num_vision_tokens=args.num_vision_tokens)
+    num_vision_tokens = args.num_vision_tokens
+    if num_vision_tokens is None:
+        from alignkd.models.loading import read_num_vision_tokens
+
+        num_vision_tokens = max(read_num_vision_tokens(model_dir) for model_dir in args.model)
+    result = check_data(config, tokenizer, num_vision_tokens=num_vision_tokens)
     print(result.report.format())
     return 1 if result.report.has_errors else 0
 

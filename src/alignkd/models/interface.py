@@ -76,7 +76,7 @@ class VLMOutput:
             that have an image, in batch order. Shape [0, vision_tokens, hidden] when none has.
         image_sample_index: LongTensor [images]; the batch row of each entry of `vision_tokens`.
         spans: the per-sample spans of the final sequence.
-        text_vision_attention: [batch, heads, text, vision] or None. First decoder layer
+        text_vision_attention: fp32 [batch, heads, text, vision] or None. First decoder layer
             attention probabilities (rows: the text queries after the image, in order; columns:
             the image's vision keys), zero in rows beyond a sample's text-after-image length.
             `text` is the largest text-after-image length in the batch.

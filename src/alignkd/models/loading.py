@@ -155,6 +155,31 @@ def _load_llava(model_dir: Path, dtype: torch.dtype | None, projector_type: str 
     return model
 
 
+def read_num_vision_tokens(path: str | Path) -> int:
+    """Vision tokens per image of the model in `path`, from its config alone (no weights are read).
+
+    The model is built on the meta device, where parameters take no memory, so the count
+    comes from the same code that runs in training.
+    """
+    from accelerate import init_empty_weights
+
+    model_dir = Path(path)
+    config_data = read_config(model_dir)
+    family = detect_family(config_data, str(model_dir / "config.json"))
+    if family == "mobilevlm":
+        config = mobilevlm_config_from_dict(config_data, str(model_dir / "config.json"))
+        resolve_vision_config(config, model_dir=str(model_dir))
+        with init_empty_weights():
+            model = MobileVLMForCausalLM(config)
+    else:
+        from transformers import AutoConfig, LlavaForConditionalGeneration
+
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        with init_empty_weights():
+            model = LlavaForConditionalGeneration(config)
+    return get_vlm_adapter(model).num_vision_tokens
+
+
 def load_vlm(
     path: str | Path,
     *,

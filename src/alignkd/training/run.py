@@ -203,6 +203,49 @@ def training_arguments(config: DistillConfig, stage: StageConfig, stage_dir: Pat
     )
 
 
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide tokenization, numerics and training."""
+    import accelerate
+    import tokenizers
+    import transformers
+
+    import alignkd
+
+    return {
+        "alignkd": alignkd.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "accelerate": accelerate.__version__,
+    }
+
+
+def write_run_metadata(stage_dir: Path, config: DistillConfig, stage: StageConfig, setup: StageSetup) -> None:
+    """Record what a stage ran with: library versions, the tokenizer, and the data check's counts.
+
+    A tokenizer upgrade can change token ids; with the versions on record, a later run whose
+    labels differ can be traced to it.
+    """
+    report = setup.data_report
+    metadata = {
+        "versions": library_versions(),
+        "tokenizer": {
+            "class": type(setup.student.tokenizer).__name__,
+            "length": len(setup.student.tokenizer),
+        },
+        "data": {
+            "path": str(stage.data.path),
+            "template": stage.data.template,
+            "versions": getattr(report, "versions", None),
+            "samples_kept": getattr(report, "kept_samples", None),
+        },
+        "student": str(config.student.path),
+        "teacher": str(config.teacher.path) if config.teacher is not None else None,
+        "teacher_cache": config.teacher_cache,
+    }
+    (stage_dir / "run_metadata.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n", encoding="utf-8")
+
+
 def load_teacher(config: DistillConfig, settings: ResolvedObjective) -> tuple[TeacherSource | None, LoadedVLM | None]:
     """Load the live teacher, or the teacher cache, or nothing for the "sft" preset."""
     if not settings.needs_teacher:
@@ -235,6 +278,7 @@ class StageSetup:
     module: DistillationModule
     student: LoadedVLM
     stage_dir: Path
+    data_report: Any = None
 
 
 def build_stage(
@@ -283,7 +327,7 @@ def build_stage(
                 f"({len(student.tokenizer)} tokens) differ; distillation needs one shared tokenizer"
             )
 
-    dataset, _ = prepare_dataset(stage.data, student.tokenizer, processors, num_vision_tokens)
+    dataset, data_report = prepare_dataset(stage.data, student.tokenizer, processors, num_vision_tokens)
     if hasattr(teacher, "bind"):
         # A cached teacher checks its stage against this run and maps dataset rows to its entries.
         teacher.bind(name, stage, dataset, student.tokenizer)
@@ -318,7 +362,7 @@ def build_stage(
 
     if teacher_model is not None and zero_stage(args.deepspeed) == 3:
         teacher.model = prepare_teacher_for_zero3(teacher_model, trainer.accelerator)
-    return StageSetup(trainer=trainer, module=module, student=student, stage_dir=stage_dir)
+    return StageSetup(trainer=trainer, module=module, student=student, stage_dir=stage_dir, data_report=data_report)
 
 
 def run_stage(
@@ -356,6 +400,7 @@ def run_stage(
         history = trainer.state.log_history
         (stage_dir / "log_history.json").write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
         plot_loss_history(history, stage_dir / "loss_curve.png", title=f"{name} stage")
+        write_run_metadata(stage_dir, config, stage, setup)
         (stage_dir / COMPLETED_MARKER).write_text("done\n", encoding="utf-8")
         logger.info("Stage %s finished; student saved to %s", name, student_output_dir)
     trainer.accelerator.wait_for_everyone()
