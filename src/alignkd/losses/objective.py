@@ -45,6 +45,7 @@ from alignkd.losses.adapters import AdapterMode, AlignKDAdapters
 from alignkd.losses.attention import text_vision_attention_loss
 from alignkd.losses.divergence import Divergence
 from alignkd.losses.logits import token_losses
+from alignkd.losses.topk import topk_token_losses
 from alignkd.losses.vision import text_focus_scores, vision_token_loss
 from alignkd.models.interface import VLMOutput
 
@@ -353,7 +354,7 @@ class AlignKDObjective(nn.Module):
 
         if self.adapters is not None and self.adapters.trainable:
             # Every rank must produce the same set of gradients every step, also when its batch
-            # has nothing to distil; a zero-weighted touch keeps the adapters in the graph.
+            # has nothing to distil. A zero-weighted touch keeps the adapters in the graph.
             total = total + sum(parameter.sum() for parameter in self.adapters.parameters()) * 0.0
 
         if not torch.isfinite(total.detach()).all():
@@ -369,7 +370,16 @@ class AlignKDObjective(nn.Module):
             raise ModelError("the student's forward returned no logits; call it with logit_positions set")
 
         teacher_logits = None
-        if settings.logit_weight > 0:
+        # A cached teacher (alignkd.cache) gives top-k log-probabilities instead of logits.
+        teacher_topk = getattr(teacher, "topk_logits", None) if settings.logit_weight > 0 else None
+        if teacher_topk is not None:
+            if teacher_topk.rows != student.logits.shape[0] or not torch.equal(teacher.targets, student.targets):
+                raise ModelError(
+                    f"cached teacher and student logit rows do not line up (teacher {teacher_topk.rows} rows, "
+                    f"student {student.logits.shape[0]}); the cache must be written with the run's logit_positions "
+                    "and data"
+                )
+        elif settings.logit_weight > 0:
             if teacher.logits is None:
                 raise ModelError("the teacher's forward returned no logits; call it with logit_positions set")
             if teacher.logits.shape[0] != student.logits.shape[0] or not torch.equal(teacher.targets, student.targets):
@@ -384,10 +394,11 @@ class AlignKDObjective(nn.Module):
         if settings.logit_positions == "all":
             distill_mask = torch.ones_like(student.targets, dtype=torch.bool)
 
-        losses = token_losses(
+        loss_function = token_losses if teacher_topk is None else topk_token_losses
+        losses = loss_function(
             student.logits,
             student.targets,
-            teacher_logits,
+            teacher_logits if teacher_topk is None else teacher_topk,
             distill_mask,
             ce_weight=settings.sft_weight,
             kd_weight=settings.logit_weight,

@@ -32,14 +32,14 @@ StageName = Literal["pretrain", "finetune"]
 
 @dataclass
 class ModelSource:
-    """Where a model is loaded from and in which dtype."""
+    """The folder and dtype of a model to load."""
 
     path: str
     """A local model folder in the model family's native format (MobileVLM or LLaVA)."""
 
     dtype: ModelDtype = "auto"
-    """Weights dtype. "auto": the teacher keeps the precision of the run (bf16 or fp16 under
-    mixed precision, else fp32); the student always keeps fp32 master weights when it trains."""
+    """Weights dtype. With "auto" the teacher takes the precision of the run (bf16 or fp16 under
+    mixed precision, else fp32). The student keeps fp32 master weights when it trains."""
 
 
 @dataclass
@@ -80,8 +80,8 @@ class OptimizationConfig:
     """Gradient clipping norm; 0 disables clipping."""
 
     shuffle: bool = True
-    """Shuffle the data each epoch (with the run's seed, or grouped as data.group_by says); false
-    keeps the file's order."""
+    """Shuffle the data each epoch with the run's seed (grouped as set by data.group_by); false keeps
+    the file's order."""
 
     train_language_model: bool = True
     """Train the student's LLM; false trains only the projector (and the adapters)."""
@@ -138,7 +138,7 @@ class DistillConfig:
     """The frozen model that is distilled; not needed by the "sft" preset or with teacher_cache."""
 
     stage: Literal["pretrain", "finetune", "both"] = "finetune"
-    """Which stages run: one of them, or pretrain then finetune."""
+    """The stages to run: one of them, or pretrain then finetune."""
 
     pretrain: StageConfig | None = None
     """Stage 1 (MobileVLM uses the "plain" template and caption data here)."""
@@ -193,6 +193,6 @@ class DistillConfig:
             raise ConfigError("logging_steps and save_steps must be at least 1")
 
     def stages(self) -> list[tuple[StageName, StageConfig]]:
-        """The stages to run, in order."""
+        """Return the stages to run, in order."""
         names: list[StageName] = ["pretrain", "finetune"] if self.stage == "both" else [self.stage]
         return [(name, getattr(self, name)) for name in names]

@@ -53,7 +53,7 @@ _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torc
 
 @dataclass
 class StageResult:
-    """What one stage produced."""
+    """The outputs of one training stage."""
 
     name: str
     student_dir: Path
@@ -62,14 +62,14 @@ class StageResult:
 
 
 def teacher_dtype(source: ModelSource, precision: str) -> torch.dtype:
-    """The teacher needs no fp32 master weights: under mixed precision it runs in half precision."""
+    """Return the teacher's dtype: half precision under mixed precision, since it keeps no master weights."""
     if source.dtype != "auto":
         return _DTYPES[source.dtype]
     return _PRECISION_DTYPES[precision]
 
 
 def student_dtype(source: ModelSource) -> torch.dtype:
-    """The student trains with fp32 weights unless told otherwise; autocast handles mixed precision."""
+    """Return the student's dtype: fp32 unless the config sets one, since autocast handles mixed precision."""
     return torch.float32 if source.dtype == "auto" else _DTYPES[source.dtype]
 
 

@@ -7,8 +7,8 @@ What it changes in Trainer, and why:
   summed, and summed across ranks, into the `StepNormalizers` that every term divides by. That
   makes gradient accumulation and data parallelism exact (see `alignkd.losses.logits`).
 - `compute_loss`: runs the `DistillationModule` and records every term for logging. The loss
-  is already normalised over the whole step, so it is not divided by the accumulation steps,
-  and it is multiplied by the number of processes because data parallelism averages gradients
+  is already normalised over the whole step, so it is not divided by the accumulation steps.
+  It is multiplied by the number of processes, because data parallelism averages gradients
   across ranks while the normaliser is a global count.
 - `create_optimizer`: separate learning rates for the language model, the projector and the
   adapters; no weight decay on biases and norms.
@@ -212,7 +212,7 @@ class DistillationTrainer(Trainer):
             return
         output_dir.mkdir(parents=True, exist_ok=True)
         module = self.distillation_module
-        # NOTE: under DeepSpeed ZeRO-3 `state_dict` holds the gathered weights; saving them
+        # NOTE: under DeepSpeed ZeRO-3 `state_dict` contains the gathered weights; saving them
         # through `module.student` assumes stage3_gather_16bit_weights_on_model_save, which
         # the shipped zero3 config sets. This path has not been run here (no GPU).
         save_vlm(module.student, self.student_tokenizer, self.student_image_processor, output_dir / STUDENT_FOLDER)
