@@ -20,7 +20,6 @@ COMMAND_MODULES = [
     "alignkd.data.cli",
     "alignkd.models.cli",
     "alignkd.eval.cli",
-    "alignkd.selfcheck",
 ]
 
 
@@ -32,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ERROR)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue
-            raise
-        module.add_parsers(subparsers)
+        importlib.import_module(module_name).add_parsers(subparsers)
     return parser
 
 

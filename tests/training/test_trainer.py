@@ -138,3 +138,19 @@ def test_vision_tower_frozen(tiny_setup, tmp_path):
     assert not any(parameter.requires_grad for parameter in tower.parameters())
     for name, value in tower.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+def test_nan_stops_before_optimizer_step(tiny_setup, tmp_path):
+    from alignkd.losses.objective import NonFiniteLossError
+
+    setup, _ = _build(tiny_setup, tmp_path / "run", ["finetune.optimization.max_steps=2"])
+    student = setup.module.student
+    with torch.no_grad():
+        student.lm_head.weight[0, 0] = float("nan")
+    before = {name: value.clone() for name, value in student.state_dict().items()}
+
+    with pytest.raises(NonFiniteLossError, match="not finite"):
+        setup.trainer.train()
+    # The optimizer never stepped: every weight is as before (NaN compared equal to NaN).
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, equal_nan=True, msg=name)

@@ -23,10 +23,10 @@ from alignkd.models.spec import init_model
 
 logger = logging.getLogger(__name__)
 
-# The 32 x 32 scene in 8-pixel patches gives a 4 x 4 grid of 16 patches, four per grid cell;
-# the LDPv2 projector keeps that 4 x 4 grid, so each model sees 16 vision tokens.
-VISION_SPEC: dict[str, Any] = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "patch_size": 8, "image_size": 32}
-VISION_TOKEN_GRID = (4, 4)
+# The 32 x 32 scene in 16-pixel patches gives one patch per grid cell (a 2 x 2 grid), and the
+# LDPv2 projector keeps that grid, so each model gets 4 vision tokens per image.
+VISION_SPEC: dict[str, Any] = {"hidden_size": 64, "num_layers": 3, "num_heads": 4, "patch_size": 16, "image_size": 32}
+VISION_TOKEN_GRID = (2, 2)
 
 TEACHER_SPEC: dict[str, Any] = {
     "family": "mobilevlm",

@@ -73,7 +73,7 @@ class DemoResults:
 
 
 def format_table(results: DemoResults) -> str:
-    """A Markdown table: one row per run, overall accuracy and one column per question kind."""
+    """Format a Markdown table: one row per run, overall accuracy and one column per question kind."""
     columns = [OVERALL, *results.kinds()]
     lines = [
         "| run | " + " | ".join(columns) + " |",

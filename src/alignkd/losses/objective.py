@@ -40,7 +40,7 @@ from torch import nn
 
 from alignkd.config import ConfigError
 from alignkd.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER_ID
-from alignkd.errors import ModelError
+from alignkd.errors import AlignKDError, ModelError
 from alignkd.losses.adapters import AdapterMode, AlignKDAdapters
 from alignkd.losses.attention import text_vision_attention_loss
 from alignkd.losses.divergence import Divergence
@@ -279,7 +279,7 @@ class ObjectiveOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(AlignKDError, FloatingPointError):
     """The objective produced NaN or infinity; raised before anything reaches the optimizer."""
 
 

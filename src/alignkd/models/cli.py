@@ -36,6 +36,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     chat.add_argument("--image", type=Path, default=None, help="image file; omit for a text-only question")
     chat.add_argument("--template", default="v1", help="chat template of the prompt (default: v1)")
     chat.add_argument(
+        "--system-prompt",
+        default=None,
+        help="replace the template's system prompt (use the one the model was trained with); default: the template's",
+    )
+    chat.add_argument(
         "--max-new-tokens", type=int, default=128, help="maximum number of tokens to generate (default: 128)"
     )
     chat.add_argument("--device", default=None, help="torch device, for example cuda:0 (default: cpu)")
@@ -102,7 +107,9 @@ def run_chat(args: argparse.Namespace) -> int:
         aspect_ratio = "pad" if adapter.image_aspect_ratio == "pad" else "resize"
         image = preprocess_image(open_rgb_image(args.image), loaded.image_processor, aspect_ratio=aspect_ratio)
 
-    prompt = encode_generation_prompt(tokenizer, args.template, args.question, has_image=image is not None)
+    prompt = encode_generation_prompt(
+        tokenizer, args.template, args.question, has_image=image is not None, system_prompt=args.system_prompt
+    )
     eos_token_id = tokenizer.eos_token_id
     if eos_token_id is None:
         raise ModelError(f"the tokenizer in {args.model} has no EOS token; generation would never stop early")

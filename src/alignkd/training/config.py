@@ -176,6 +176,10 @@ class DistillConfig:
     teacher_cache: str | None = None
     """Folder written by `alignkd cache-teacher`; the teacher's outputs are read from it."""
 
+    teacher_cache_verify: Literal["sha256", "size"] = "sha256"
+    """How each cache shard is checked when first opened: its size and SHA-256 hash, or its size
+    only (faster for very large caches, but it misses flipped bytes)."""
+
     def validate(self) -> None:
         wanted: list[StageName] = ["pretrain", "finetune"] if self.stage == "both" else [self.stage]
         for name in wanted:

@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
+from alignkd.errors import AlignKDError
 from alignkd.losses.objective import StepNormalizers
 from alignkd.models.loading import get_vlm_adapter, load_vlm, save_vlm
 from alignkd.training.module import BATCH_KEYS, DistillationModule
@@ -45,7 +46,7 @@ ADAPTERS_FILE = "adapters.safetensors"
 STUDENT_FOLDER = "student"
 
 
-class NonFiniteGradientError(FloatingPointError):
+class NonFiniteGradientError(AlignKDError, FloatingPointError):
     """The gradient norm is NaN or infinite; the optimizer step was not taken."""
 
 

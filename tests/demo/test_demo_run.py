@@ -1,0 +1,48 @@
+"""`alignkd demo --quick`: the embedded default end to end, on a reduced task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignkd.cli import main
+from alignkd.demo.models import has_shipped_teacher
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(not has_shipped_teacher(), reason="the demo teacher is not shipped in this checkout")
+def test_quick_demo_writes_report(tmp_path, capsys):
+    output = tmp_path / "demo"
+    assert main(["demo", "--quick", "--output", str(output)]) == 0
+
+    printed = capsys.readouterr().out
+    for run in ("teacher", "sft", "vanilla-kd", "paper"):
+        assert f"| {run} |" in printed
+
+    report = output / "report"
+    for name in ("results.md", "results.json", "accuracy.png", "loss_curves.png", "attention.png"):
+        assert (report / name).stat().st_size > 0, name
+
+    results = json.loads((report / "results.json").read_text())
+    assert set(results["runs"]) == {"teacher", "sft", "vanilla-kd", "paper"}
+    kinds = {"read", "count", "exists", "where", "sum"}
+    for run, values in results["runs"].items():
+        assert set(values["per_seed"][0]["per_kind"]) == kinds, run
+        assert 0.0 <= values["mean"]["overall"] <= 100.0, run
+    # Students share the teacher's vision tower and the same initialisation per seed.
+    assert results["parameters"]["student"]["total"] < results["parameters"]["teacher"]["total"]
+    assert results["parameters"]["student"]["vision_tower"] == results["parameters"]["teacher"]["vision_tower"]
+
+    # The teacher copy and the student initialisation are there for examples/configs.
+    assert (output / "teacher" / "config.json").is_file()
+    assert (output / "students" / "init-seed0" / "config.json").is_file()
+
+
+def test_unknown_preset_is_rejected():
+    from alignkd.demo.run import DemoConfig, run_demo
+    from alignkd.errors import AlignKDError
+
+    with pytest.raises(AlignKDError, match="unknown presets"):
+        run_demo(DemoConfig(presets=["align-kd"]))
