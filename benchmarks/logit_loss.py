@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, median_seconds, peak_memory  # noqa: E402
 
 from alignkd.constants import IGNORE_INDEX  # noqa: E402
-from alignkd.losses.logits import token_losses  # noqa: E402
+from alignkd.losses.logits import default_chunk_rows, token_losses  # noqa: E402
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -85,14 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=2048, help="tokens per sequence")
     parser.add_argument("--supervised-fraction", type=float, default=1.0, help="share of rows with a target")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="dtype of the input logits")
-    parser.add_argument("--chunk-size", type=int, default=256, help="rows per chunk of the chunked loss")
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help="rows per chunk of the chunked loss (default: alignkd's default)"
+    )
     parser.add_argument("--runs", type=int, default=5, help="timed runs (the median is reported)")
     parser.add_argument("--memory-repeats", type=int, default=3, help="fresh processes per peak-memory figure")
     args = parser.parse_args(argv)
 
     rows = args.batch * args.tokens
     print(f"machine: {machine_description()}")
-    print(f"rows {rows} ({args.batch} x {args.tokens}), vocab {args.vocab}, {args.dtype} logits, chunk {args.chunk_size}")
+    chunk = args.chunk_size if args.chunk_size is not None else default_chunk_rows(args.vocab)
+    print(f"rows {rows} ({args.batch} x {args.tokens}), vocab {args.vocab}, {args.dtype} logits, chunk {chunk} rows")
 
     inputs = make_inputs(rows, args.vocab, args.dtype, args.supervised_fraction)
     reference = straightforward_step(inputs)

@@ -49,6 +49,10 @@ def test_distill_trains_and_saves_student(tiny_setup, tmp_path):
     out = forward_vlm(student.model, batch["input_ids"], batch["attention_mask"], logit_positions="all")
     assert torch.isfinite(out.logits).all()
 
+    image = tiny_setup["data"].parent / "images" / "0.png"
+    chat = ["chat", "--model", str(output / "student"), "--image", str(image), "--max-new-tokens", "4", "What is in the image?"]
+    assert main(chat) == 0
+
 
 def test_same_seed_gives_same_weights(tiny_setup, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"

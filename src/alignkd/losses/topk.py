@@ -47,7 +47,7 @@ from alignkd.losses.divergence import (
     log_probs_pair,
     token_divergence,
 )
-from alignkd.losses.logits import TokenLosses, shared_vocabulary_size
+from alignkd.losses.logits import TokenLosses, default_chunk_rows, shared_vocabulary_size
 
 
 @dataclass
@@ -114,7 +114,7 @@ def top_k_log_probs(
     *,
     temperature: float = 1.0,
     vocab_size: int | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> TopKLogProbs:
     """Reduce teacher logit rows to their top-k log-probabilities and the log of the tail mass.
 
@@ -124,7 +124,7 @@ def top_k_log_probs(
         temperature: logits are divided by it before the softmax.
         vocab_size: leading columns that form the distribution (the tokenizer length, which cuts
             off embedding padding rows); default: every column.
-        chunk_size: rows per fp32 chunk.
+        chunk_size: rows per fp32 chunk; None: `default_chunk_rows(vocab)`.
 
     Returns:
         fp32 log-probabilities sorted from the most probable token, int64 ids and the fp32 tail.
@@ -144,6 +144,8 @@ def top_k_log_probs(
     k = min(k, vocab_size)
 
     values, ids, tails = [], [], []
+    if chunk_size is None:
+        chunk_size = default_chunk_rows(logits.shape[1])
     for start in range(0, logits.shape[0], chunk_size):
         log_probs = torch.log_softmax(logits[start : start + chunk_size, :vocab_size].float() / temperature, dim=-1)
         top_values, top_ids = log_probs.topk(k, dim=-1)
@@ -277,7 +279,7 @@ def topk_token_losses(
     ce_normalizer: float | torch.Tensor | None = None,
     kd_normalizer: float | torch.Tensor | None = None,
     tokenizer_length: int | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> TokenLosses:
     """Compute the supervised cross-entropy and the top-k logit distillation term in one pass.
 
@@ -300,6 +302,8 @@ def topk_token_losses(
         raise ValueError(f"student_logits must be [tokens, vocab], got shape {tuple(student_logits.shape)}")
     if targets.shape != student_logits.shape[:1]:
         raise ValueError(f"targets must be [tokens]={student_logits.shape[0]}, got shape {tuple(targets.shape)}")
+    if chunk_size is None:
+        chunk_size = default_chunk_rows(student_logits.shape[1])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if temperature <= 0:
