@@ -20,6 +20,10 @@ from alignkd.models.loading import LoadedVLM, get_vlm_adapter, load_vlm
 from alignkd.training.config import DistillConfig
 from alignkd.training.teacher import LiveTeacher
 
+# Larger than the tiny tokenizer's vocabulary, so the cache keeps every token and its tail is empty.
+FULL_VOCABULARY_K = 1000
+
+
 VISION = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "patch_size": 8, "image_size": 32}
 
 # The teacher is wider and has more heads than the student; both emit 2 x 2 vision tokens, so

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from cache_helpers import STUDENT_SPEC, TEACHER_SPEC, write_llava_data
+from cache_helpers import FULL_VOCABULARY_K, STUDENT_SPEC, TEACHER_SPEC, write_llava_data
 
 from alignkd.models.loading import save_vlm
 from alignkd.models.spec import init_model
@@ -20,8 +20,6 @@ def cache_setup(tmp_path_factory, llama_tokenizer):
     return {"root": root, "teacher": root / "teacher", "student": root / "student", "data": data}
 
 
-# Larger than the tiny tokenizer's vocabulary, so the cache keeps every token and its tail is empty.
-FULL_VOCABULARY_K = 1000
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 from cache_helpers import write_config
-from conftest import FULL_VOCABULARY_K
+from cache_helpers import FULL_VOCABULARY_K
 
 from alignkd.cli import main
 

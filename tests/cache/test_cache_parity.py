@@ -12,7 +12,7 @@ from cache_helpers import (
     with_settings,
     write_cache,
 )
-from conftest import FULL_VOCABULARY_K
+from cache_helpers import FULL_VOCABULARY_K
 
 from alignkd.cache.reader import CachedTeacher
 from alignkd.models.forward import forward_vlm

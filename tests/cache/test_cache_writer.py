@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 from cache_helpers import build_live_run, distill_config, write_cache
-from conftest import FULL_VOCABULARY_K
+from cache_helpers import FULL_VOCABULARY_K
 
 import alignkd.cache.writer as writer_module
 from alignkd.cache.format import CacheMismatchError, read_manifest

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 from cache_helpers import build_live_run, distill_config, write_cache
-from conftest import FULL_VOCABULARY_K
+from cache_helpers import FULL_VOCABULARY_K
 
 from alignkd.cache.format import CacheError
 from alignkd.cache.keys import batch_token_hashes

@@ -17,7 +17,7 @@ from alignkd.cli import main
 from alignkd.models.forward import forward_vlm
 from alignkd.models.loading import load_vlm
 
-from conftest import write_config
+from training_helpers import write_config
 
 pytestmark = pytest.mark.slow
 

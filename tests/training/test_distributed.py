@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from safetensors.torch import load_file
 
 from alignkd.cli import main
 
-from conftest import write_config
+from training_helpers import write_config
 
 pytestmark = pytest.mark.slow
 

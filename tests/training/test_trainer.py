@@ -11,7 +11,7 @@ from alignkd.config import apply_overrides, from_mapping
 from alignkd.training.config import DistillConfig
 from alignkd.training.run import build_stage, load_teacher
 
-from conftest import write_config
+from training_helpers import write_config
 
 pytestmark = pytest.mark.slow
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -95,11 +96,20 @@ def shared_vocabulary_size(student_vocab: int, teacher_vocab: int, tokenizer_len
     return tokenizer_length
 
 
+TeacherLogProbs = Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
+"""(student_chunk [rows, vocab] fp32, start, end) -> fp32 (student, teacher) log-probabilities of
+the chunk's rows over the support that the divergence compares."""
+
+
 class _ChunkedTokenLoss(torch.autograd.Function):
-    """Fused, chunked cross-entropy + distillation whose gradient is computed in forward."""
+    """Fused, chunked cross-entropy + distillation whose gradient is computed in forward.
+
+    `settings["teacher_log_probs"]` gives the distributions each chunk compares: full-vocabulary
+    teacher logits here, top-k buckets for a cached teacher (alignkd.losses.topk).
+    """
 
     @staticmethod
-    def forward(ctx, student_logits, teacher_logits, targets, distill_mask, settings):
+    def forward(ctx, student_logits, targets, distill_mask, settings):
         rows, _ = student_logits.shape
         needs_grad = ctx.needs_input_grad[0]
         grad_dtype = torch.float32 if student_logits.dtype == torch.float16 else student_logits.dtype
@@ -107,8 +117,8 @@ class _ChunkedTokenLoss(torch.autograd.Function):
 
         ce_sum = torch.zeros((), dtype=torch.float32, device=student_logits.device)
         kd_sum = torch.zeros((), dtype=torch.float32, device=student_logits.device)
-        use_teacher = teacher_logits is not None and settings["kd_weight"] != 0.0
-        shared_vocab = settings["shared_vocab"]
+        teacher_log_probs: TeacherLogProbs | None = settings["teacher_log_probs"]
+        use_teacher = teacher_log_probs is not None and settings["kd_weight"] != 0.0
         temperature = settings["temperature"]
 
         for start in range(0, rows, settings["chunk_size"]):
@@ -121,12 +131,8 @@ class _ChunkedTokenLoss(torch.autograd.Function):
 
                 chunk_kd = torch.zeros((), dtype=torch.float32, device=student_logits.device)
                 if use_teacher:
-                    student_log_probs, teacher_log_probs = log_probs_pair(
-                        student_chunk[:, :shared_vocab], teacher_logits[start:end, :shared_vocab], temperature
-                    )
-                    per_token = token_divergence(
-                        student_log_probs, teacher_log_probs, settings["divergence"], settings["beta"]
-                    )
+                    student_side, teacher_side = teacher_log_probs(student_chunk, start, end)
+                    per_token = token_divergence(student_side, teacher_side, settings["divergence"], settings["beta"])
                     # Hinton's T^2 keeps gradient magnitudes independent of the temperature.
                     chunk_kd = (per_token * distill_mask[start:end]).sum() * temperature**2
                     chunk_total = chunk_total + settings["kd_weight"] * chunk_kd / settings["kd_normalizer"]
@@ -149,12 +155,72 @@ class _ChunkedTokenLoss(torch.autograd.Function):
     def backward(ctx, grad_total, _grad_cross_entropy, _grad_distillation):
         (grad,) = ctx.saved_tensors
         if grad is None:
-            return None, None, None, None, None
+            return None, None, None, None
         # The buffer was made for this call alone, so scaling it in place avoids a second
         # [tokens, vocab] allocation; Trainer passes 1 (or the world size under DDP).
         if not (grad_total.numel() == 1 and float(grad_total) == 1.0):
             grad.mul_(grad_total.to(grad.dtype))
-        return grad, None, None, None, None
+        return grad, None, None, None
+
+
+def check_rows(student_logits: torch.Tensor, targets: torch.Tensor, chunk_size: int | None, temperature: float) -> int:
+    """Check the shared arguments of the chunked losses and return the chunk size to use."""
+    if student_logits.dim() != 2:
+        raise ValueError(f"student_logits must be [tokens, vocab], got shape {tuple(student_logits.shape)}")
+    if targets.shape != student_logits.shape[:1]:
+        raise ValueError(f"targets must be [tokens]={student_logits.shape[0]}, got shape {tuple(targets.shape)}")
+    if chunk_size is None:
+        chunk_size = default_chunk_rows(student_logits.shape[1])
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return int(chunk_size)
+
+
+def chunked_token_losses(
+    student_logits: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_log_probs: TeacherLogProbs | None,
+    distill_mask: torch.Tensor | None,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    divergence: Divergence,
+    beta: float,
+    temperature: float,
+    ce_normalizer: float | torch.Tensor | None,
+    kd_normalizer: float | torch.Tensor | None,
+    chunk_size: int,
+) -> TokenLosses:
+    """Run the chunked cross-entropy + distillation pass once the teacher side is prepared.
+
+    Applies the normalisation rule of the module docstring; `token_losses` and
+    `alignkd.losses.topk.topk_token_losses` differ only in `teacher_log_probs`.
+    """
+    supervised = targets != IGNORE_INDEX
+    if distill_mask is None:
+        distill_mask = supervised
+    distill_mask = distill_mask.to(dtype=torch.float32)
+
+    if ce_normalizer is None:
+        ce_normalizer = supervised.sum()
+    if kd_normalizer is None:
+        kd_normalizer = distill_mask.sum()
+
+    settings = {
+        "ce_weight": float(ce_weight),
+        "kd_weight": float(kd_weight),
+        "divergence": divergence,
+        "beta": float(beta),
+        "temperature": float(temperature),
+        "ce_normalizer": max(float(ce_normalizer), 1.0),
+        "kd_normalizer": max(float(kd_normalizer), 1.0),
+        "chunk_size": int(chunk_size),
+        "teacher_log_probs": teacher_log_probs,
+    }
+    total, cross_entropy, distillation = _ChunkedTokenLoss.apply(student_logits, targets, distill_mask, settings)
+    return TokenLosses(total=total, cross_entropy=cross_entropy, distillation=distillation)
 
 
 def token_losses(
@@ -195,23 +261,9 @@ def token_losses(
     Returns:
         TokenLosses with the differentiable total and the two detached terms.
     """
-    if student_logits.dim() != 2:
-        raise ValueError(f"student_logits must be [tokens, vocab], got shape {tuple(student_logits.shape)}")
-    if targets.shape != student_logits.shape[:1]:
-        raise ValueError(f"targets must be [tokens]={student_logits.shape[0]}, got shape {tuple(targets.shape)}")
-    if chunk_size is None:
-        chunk_size = default_chunk_rows(student_logits.shape[1])
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    chunk_size = check_rows(student_logits, targets, chunk_size, temperature)
 
-    supervised = targets != IGNORE_INDEX
-    if distill_mask is None:
-        distill_mask = supervised
-    distill_mask = distill_mask.to(dtype=torch.float32)
-
-    shared_vocab = student_logits.shape[1]
+    teacher_log_probs = None
     if teacher_logits is not None:
         if teacher_logits.shape[0] != student_logits.shape[0]:
             raise ModelError(
@@ -220,23 +272,20 @@ def token_losses(
             )
         shared_vocab = shared_vocabulary_size(student_logits.shape[1], teacher_logits.shape[1], tokenizer_length)
 
-    if ce_normalizer is None:
-        ce_normalizer = supervised.sum()
-    if kd_normalizer is None:
-        kd_normalizer = distill_mask.sum()
+        def teacher_log_probs(student_chunk: torch.Tensor, start: int, end: int):
+            return log_probs_pair(student_chunk[:, :shared_vocab], teacher_logits[start:end, :shared_vocab], temperature)
 
-    settings = {
-        "ce_weight": float(ce_weight),
-        "kd_weight": float(kd_weight),
-        "divergence": divergence,
-        "beta": float(beta),
-        "temperature": float(temperature),
-        "ce_normalizer": max(float(ce_normalizer), 1.0),
-        "kd_normalizer": max(float(kd_normalizer), 1.0),
-        "shared_vocab": shared_vocab,
-        "chunk_size": int(chunk_size),
-    }
-    total, cross_entropy, distillation = _ChunkedTokenLoss.apply(
-        student_logits, teacher_logits, targets, distill_mask, settings
+    return chunked_token_losses(
+        student_logits,
+        targets,
+        teacher_log_probs,
+        distill_mask,
+        ce_weight=ce_weight,
+        kd_weight=kd_weight,
+        divergence=divergence,
+        beta=beta,
+        temperature=temperature,
+        ce_normalizer=ce_normalizer,
+        kd_normalizer=kd_normalizer,
+        chunk_size=chunk_size,
     )
-    return TokenLosses(total=total, cross_entropy=cross_entropy, distillation=distillation)

@@ -30,7 +30,6 @@ samples contribute no vision terms (the code distils a zero image for them).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Literal, Mapping

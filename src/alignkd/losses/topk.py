@@ -37,17 +37,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from alignkd.constants import IGNORE_INDEX
 from alignkd.errors import ModelError
 from alignkd.losses.divergence import (
     MASKED_LOGIT,
     Divergence,
     log_probs_pair,
-    token_divergence,
 )
-from alignkd.losses.logits import TokenLosses, default_chunk_rows, shared_vocabulary_size
+from alignkd.losses.logits import TokenLosses, check_rows, chunked_token_losses, default_chunk_rows, shared_vocabulary_size
 
 
 @dataclass
@@ -197,74 +194,6 @@ def bucket_log_probs(
     return log_probs_pair(student_buckets, teacher_buckets, 1.0)
 
 
-class _ChunkedTopKLoss(torch.autograd.Function):
-    """Fused, chunked cross-entropy + top-k distillation whose gradient is computed in forward."""
-
-    @staticmethod
-    def forward(ctx, student_logits, teacher_log_probs, teacher_ids, teacher_tail, targets, distill_mask, settings):
-        rows, _ = student_logits.shape
-        needs_grad = ctx.needs_input_grad[0]
-        grad_dtype = torch.float32 if student_logits.dtype == torch.float16 else student_logits.dtype
-        grad = torch.empty(student_logits.shape, dtype=grad_dtype, device=student_logits.device) if needs_grad else None
-
-        ce_sum = torch.zeros((), dtype=torch.float32, device=student_logits.device)
-        kd_sum = torch.zeros((), dtype=torch.float32, device=student_logits.device)
-        use_teacher = settings["kd_weight"] != 0.0
-        shared_vocab = settings["shared_vocab"]
-        temperature = settings["temperature"]
-
-        for start in range(0, rows, settings["chunk_size"]):
-            end = min(rows, start + settings["chunk_size"])
-            student_chunk = student_logits[start:end].detach().float().requires_grad_(needs_grad)
-
-            with torch.enable_grad():
-                chunk_ce = F.cross_entropy(student_chunk, targets[start:end], ignore_index=IGNORE_INDEX, reduction="sum")
-                chunk_total = settings["ce_weight"] * chunk_ce / settings["ce_normalizer"]
-
-                chunk_kd = torch.zeros((), dtype=torch.float32, device=student_logits.device)
-                if use_teacher:
-                    teacher_chunk = TopKLogProbs(
-                        teacher_log_probs[start:end],
-                        teacher_ids[start:end],
-                        teacher_tail[start:end],
-                        shared_vocab,
-                        temperature,
-                    )
-                    student_buckets, teacher_buckets = bucket_log_probs(
-                        student_chunk[:, :shared_vocab], teacher_chunk, temperature
-                    )
-                    per_token = token_divergence(
-                        student_buckets, teacher_buckets, settings["divergence"], settings["beta"]
-                    )
-                    # Hinton's T^2 keeps gradient magnitudes independent of the temperature.
-                    chunk_kd = (per_token * distill_mask[start:end]).sum() * temperature**2
-                    chunk_total = chunk_total + settings["kd_weight"] * chunk_kd / settings["kd_normalizer"]
-
-            if needs_grad:
-                (chunk_grad,) = torch.autograd.grad(chunk_total, student_chunk)
-                grad[start:end] = chunk_grad
-            ce_sum += chunk_ce.detach()
-            kd_sum += chunk_kd.detach()
-
-        cross_entropy = ce_sum / settings["ce_normalizer"]
-        distillation = kd_sum / settings["kd_normalizer"]
-        total = settings["ce_weight"] * cross_entropy + settings["kd_weight"] * distillation
-
-        ctx.save_for_backward(grad if needs_grad else None)
-        ctx.mark_non_differentiable(cross_entropy, distillation)
-        return total, cross_entropy, distillation
-
-    @staticmethod
-    def backward(ctx, grad_total, _grad_cross_entropy, _grad_distillation):
-        (grad,) = ctx.saved_tensors
-        if grad is None:
-            return None, None, None, None, None, None, None
-        # The buffer belongs to this call alone, so it is scaled in place (see logits.py).
-        if not (grad_total.numel() == 1 and float(grad_total) == 1.0):
-            grad.mul_(grad_total.to(grad.dtype))
-        return grad, None, None, None, None, None, None
-
-
 def topk_token_losses(
     student_logits: torch.Tensor,
     targets: torch.Tensor,
@@ -298,16 +227,7 @@ def topk_token_losses(
     Raises:
         ModelError: the rows, the vocabulary or the temperature do not match the teacher's.
     """
-    if student_logits.dim() != 2:
-        raise ValueError(f"student_logits must be [tokens, vocab], got shape {tuple(student_logits.shape)}")
-    if targets.shape != student_logits.shape[:1]:
-        raise ValueError(f"targets must be [tokens]={student_logits.shape[0]}, got shape {tuple(targets.shape)}")
-    if chunk_size is None:
-        chunk_size = default_chunk_rows(student_logits.shape[1])
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    chunk_size = check_rows(student_logits, targets, chunk_size, temperature)
     if teacher.rows != student_logits.shape[0]:
         raise ModelError(
             f"the cached teacher has {teacher.rows} logit rows and the student {student_logits.shape[0]}; "
@@ -331,35 +251,36 @@ def topk_token_losses(
             f"{shared_vocab} entries; the teacher's outputs do not belong to this tokenizer"
         )
 
-    supervised = targets != IGNORE_INDEX
-    if distill_mask is None:
-        distill_mask = supervised
-    distill_mask = distill_mask.to(dtype=torch.float32)
-
-    if ce_normalizer is None:
-        ce_normalizer = supervised.sum()
-    if kd_normalizer is None:
-        kd_normalizer = distill_mask.sum()
-
-    settings = {
-        "ce_weight": float(ce_weight),
-        "kd_weight": float(kd_weight),
-        "divergence": divergence,
-        "beta": float(beta),
-        "temperature": float(temperature),
-        "ce_normalizer": max(float(ce_normalizer), 1.0),
-        "kd_normalizer": max(float(kd_normalizer), 1.0),
-        "shared_vocab": shared_vocab,
-        "chunk_size": int(chunk_size),
-    }
     device = student_logits.device
-    total, cross_entropy, distillation = _ChunkedTopKLoss.apply(
-        student_logits,
+    teacher_rows = TopKLogProbs(
         teacher.log_probs.to(device),
         teacher.token_ids.to(device),
         teacher.tail_log_prob.to(device),
-        targets,
-        distill_mask,
-        settings,
+        shared_vocab,
+        temperature,
     )
-    return TokenLosses(total=total, cross_entropy=cross_entropy, distillation=distillation)
+
+    def teacher_log_probs(student_chunk: torch.Tensor, start: int, end: int):
+        chunk = TopKLogProbs(
+            teacher_rows.log_probs[start:end],
+            teacher_rows.token_ids[start:end],
+            teacher_rows.tail_log_prob[start:end],
+            shared_vocab,
+            temperature,
+        )
+        return bucket_log_probs(student_chunk[:, :shared_vocab], chunk, temperature)
+
+    return chunked_token_losses(
+        student_logits,
+        targets,
+        teacher_log_probs,
+        distill_mask,
+        ce_weight=ce_weight,
+        kd_weight=kd_weight,
+        divergence=divergence,
+        beta=beta,
+        temperature=temperature,
+        ce_normalizer=ce_normalizer,
+        kd_normalizer=kd_normalizer,
+        chunk_size=chunk_size,
+    )
