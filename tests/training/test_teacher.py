@@ -33,7 +33,7 @@ def test_construction_freezes_model(teacher_model):
 
 def test_partitioned_parameters_rejected(teacher_model):
     # DeepSpeed ZeRO-3 leaves size-0 placeholders in a model built under zero.Init that no
-    # engine owns; the first forward must say so instead of failing inside the embedding.
+    # engine owns. The first forward raises a named error instead of failing in the embedding.
     embedding = teacher_model.get_input_embeddings()
     embedding.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
     teacher = LiveTeacher(teacher_model)
