@@ -112,13 +112,18 @@ def test_mme_folder_hash_recorded(tmp_path, jsonl_writer, mme_root):
     ("text", "expected"),
     [
         ("Yes", "yes"),
+        (" no ", "no"),
         ("yes.", "yes"),
         ("Yes, there is a dog.", "yes"),
         ("No, it is not.", "no"),
-        ("There is no dog, yes.", "no"),  # the first yes/no word decides
+        ("Not sure", "no"),  # "no" inside the first four characters
+        ("None", "no"),
+        ("Yesterday", "yes"),  # "yes" inside the first four characters
+        ("There is no dog, yes.", None),  # only the first four characters count
+        ("The answer is yes", None),
         ("I cannot tell", None),
-        ("Yesterday", None),
+        ("", None),
     ],
 )
-def test_mme_first_yes_no_word(text, expected):
+def test_mme_four_character_rule(text, expected):
     assert parse_mme_answer(text) == expected

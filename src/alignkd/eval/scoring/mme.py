@@ -11,10 +11,11 @@ image name and question text. The question text is compared without the "Please 
 or no." sentence, because LLaVA's question file drops it, with whitespace collapsed and
 ignoring case.
 
-Scoring: the answer's label is its first word that is "yes" or "no", ignoring case, so
-"Yes, there is a dog." is "yes". MME's own calculation.py looks only at the first four
-characters, which agrees for one-word answers. An answer without either word is
-unparseable and wrong. Per subtask: accuracy over questions, accuracy-plus over images
+Scoring follows MME's own eval_tool/calculation.py. The answer is lowercased (and, here,
+stripped of surrounding whitespace). An answer that is exactly "yes" or "no" is that label;
+otherwise its first four characters decide: "yes" among them gives "yes", else "no" among
+them gives "no" ("Yes, there is a dog." is "yes", "Not sure" is "no"). Any other answer,
+such as "There is a dog, yes.", is unparseable and wrong. Per subtask: accuracy over questions, accuracy-plus over images
 (the share of images whose questions are all right) and the score, their sum (at most 200).
 The perception total sums the ten perception subtasks (at most 2,000) and the cognition
 total the four cognition subtasks (at most 800); a total is left out when one of its
@@ -42,16 +43,23 @@ COGNITION_SUBTASKS = ("commonsense_reasoning", "numerical_calculation", "text_tr
 
 _ANSWER_SUBFOLDER = "questions_answers_YN"
 _YES_NO_SENTENCE = re.compile(r"please answer yes or no\.?", re.IGNORECASE)
-_WORD = re.compile(r"[a-z]+")
+_MME_PREFIX_LENGTH = 4
 
 MMEKey = tuple[str, str, str]
 
 
 def parse_mme_answer(text: str) -> str | None:
-    """Return "yes" or "no" from the answer's first yes/no word, or None when it has neither."""
-    for word in _WORD.findall(text.lower()):
-        if word in ("yes", "no"):
-            return word
+    """Return "yes" or "no" by MME's rule (see the module docstring), or None when it gives neither."""
+    answer = text.strip().lower()
+    if answer in ("yes", "no"):
+        return answer
+
+    # MME's scorer reads only this prefix, so a label later in a sentence does not count.
+    prefix = answer[:_MME_PREFIX_LENGTH]
+    if "yes" in prefix:
+        return "yes"
+    if "no" in prefix:
+        return "no"
     return None
 
 
