@@ -46,3 +46,38 @@ def test_unknown_preset_is_rejected():
 
     with pytest.raises(AlignKDError, match="unknown presets"):
         run_demo(DemoConfig(presets=["align-kd"]))
+
+
+def test_changed_settings_rejected_untouched(tmp_path):
+    from alignkd.demo.run import SETTINGS_FILE, DemoConfig, run_demo
+    from alignkd.errors import AlignKDError
+
+    output = tmp_path / "demo"
+    output.mkdir()
+    earlier = {"num_train": 1000, "student_steps": 20}
+    (output / SETTINGS_FILE).write_text(json.dumps(earlier))
+
+    with pytest.raises(AlignKDError) as raised:
+        run_demo(DemoConfig(output_dir=str(output)))
+
+    message = str(raised.value)
+    assert "num_train 1000 -> 20000" in message
+    assert "student_steps 20 -> 1500" in message
+    assert "--output" in message
+    # Nothing was built or overwritten before the check.
+    assert sorted(path.name for path in output.iterdir()) == [SETTINGS_FILE]
+    assert json.loads((output / SETTINGS_FILE).read_text()) == earlier
+
+
+def test_quick_default_folder_is_separate(monkeypatch, tmp_path):
+    import alignkd.demo.run as demo_run
+
+    used = []
+    monkeypatch.setattr(demo_run, "run_demo", lambda config: used.append(config.output_dir))
+    monkeypatch.setattr(demo_run, "summarize", lambda results: "")
+    monkeypatch.chdir(tmp_path)
+
+    main(["demo", "--quick"])
+    main(["demo"])
+
+    assert used == ["alignkd-demo-quick", "alignkd-demo"]

@@ -9,6 +9,7 @@ SETTINGS = {
     "benchmark": "gqa",
     "prompt_variant": "short-answer",
     "template": "v1",
+    "system_prompt": "",
     "decoding": {"strategy": "greedy", "do_sample": False, "num_beams": 1, "max_new_tokens": 16},
     "image_aspect_ratio": "pad",
     "model": "runs/student",

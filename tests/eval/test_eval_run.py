@@ -7,6 +7,7 @@ import torch
 
 from alignkd import cli
 from alignkd.config import ConfigError
+from alignkd.data.templates import get_template
 from alignkd.errors import DataError, ModelError
 from alignkd.eval import run
 from alignkd.eval.run import EvalConfig, GenerationBackend, failures_path, run_evaluation
@@ -207,6 +208,15 @@ def test_resume_rejects_other_settings(short_answer_set, llama_tokenizer):
         run_evaluation(_config(short_answer_set, resume=True, template="llama_2"), model.backend())
 
 
+def test_resume_rejects_other_system_prompt(short_answer_set, llama_tokenizer):
+    model = FakeVLM(llama_tokenizer)
+    run_evaluation(_config(short_answer_set, limit=1, system_prompt=""), model.backend())
+
+    # Without --system-prompt the v1 template's default prompt is in effect, which differs from "".
+    with pytest.raises(DataError, match="cannot resume, the existing answers have system_prompt=''"):
+        run_evaluation(_config(short_answer_set, resume=True), model.backend())
+
+
 def test_eval_then_score_records_settings(short_answer_set, llama_tokenizer):
     run_evaluation(_config(short_answer_set), FakeVLM(llama_tokenizer).backend())
 
@@ -218,6 +228,8 @@ def test_eval_then_score_records_settings(short_answer_set, llama_tokenizer):
     assert generation["prompt_variant"] == "short-answer"
     assert generation["decoding"]["strategy"] == "greedy"
     assert generation["decoding"]["max_new_tokens"] == 16
+    assert generation["system_prompt"] == get_template("v1").system_prompt
+    assert 'System prompt: "A chat between' in report.format_text()
 
 
 def test_textvqa_pure_variant(tmp_path, jsonl_writer, llama_tokenizer):

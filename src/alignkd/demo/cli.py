@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+DEFAULT_OUTPUT = "alignkd-demo"
+# The reduced run gets its own folder, so it never collides with the full run's settings.
+QUICK_OUTPUT = "alignkd-demo-quick"
+QUICK_STUDENT_STEPS = 20
+
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,7 +20,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             "per question kind and write a report (table, bar chart, loss curves, attention maps)."
         ),
     )
-    parser.add_argument("--output", default="alignkd-demo", help="output folder (default: alignkd-demo)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help=f"output folder (default: {DEFAULT_OUTPUT}, or {QUICK_OUTPUT} with --quick)",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="student seeds; the report gives mean and spread")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per student")
     parser.add_argument("--eval-questions", type=int, default=None, help="evaluate on the first N test questions only")
@@ -30,14 +39,20 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     from alignkd.demo.run import DemoConfig, run_demo, summarize
 
-    config = DemoConfig(output_dir=args.output, seeds=args.seeds, teacher=args.teacher, train_teacher=args.train_teacher)
+    output = args.output or (QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT)
+    config = DemoConfig(output_dir=output, seeds=args.seeds, teacher=args.teacher, train_teacher=args.train_teacher)
     if args.quick:
-        config.num_train, config.num_test, config.student_steps, config.teacher_steps = 1000, 100, 20, 60
+        config.num_train, config.num_test, config.student_steps, config.teacher_steps = 1000, 100, QUICK_STUDENT_STEPS, 60
     if args.steps is not None:
         config.student_steps = args.steps
     if args.eval_questions is not None:
         config.eval_questions = args.eval_questions
     results = run_demo(config)
     print(summarize(results))
-    print(f"Report: {args.output}/report (results.md, results.json, accuracy.png, loss_curves.png, attention.png)")
+    if args.quick:
+        print(
+            f"--quick trains each student for {config.student_steps} steps, too few to learn the task: "
+            "its student scores check the pipeline, not the method. Run `alignkd demo` for the real comparison."
+        )
+    print(f"Report: {output}/report (results.md, results.json, accuracy.png, loss_curves.png, attention.png)")
     return 0

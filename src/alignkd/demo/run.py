@@ -11,9 +11,11 @@ Steps, all through the same code that real data and models use:
 5. Write the report: the table (Markdown and JSON), a bar chart, loss curves and the
    first-layer text-to-vision attention of teacher and students over a test image.
 
-Output folder layout: task/, teacher/ (a copy of the shipped teacher), teacher-training/ (only
-with --train-teacher), students/init-seed<N>/, runs/<preset>-seed<N>/ (each a complete
-`alignkd distill` output), eval/, report/.
+Output folder layout: demo_settings.json, task/, teacher/ (a copy of the shipped teacher),
+teacher-training/ (only with --train-teacher), students/init-seed<N>/, runs/<preset>-seed<N>/
+(each a complete `alignkd distill` output), eval/, report/. Running the demo again with the
+same settings reuses completed runs. A folder written with other settings is rejected before
+anything in it changes.
 """
 
 from __future__ import annotations
@@ -59,6 +61,24 @@ from alignkd.training.run import run_distillation
 logger = logging.getLogger(__name__)
 
 PRESETS = ("sft", "vanilla-kd", "paper")
+
+SETTINGS_FILE = "demo_settings.json"
+
+# Settings that change what the task, the teacher or a student run contain. Seeds, presets
+# and the evaluation limit only add or redo runs, so they may change between invocations.
+RUN_DEFINING_SETTINGS = (
+    "num_train",
+    "num_test",
+    "student_steps",
+    "batch_size",
+    "learning_rate",
+    "top_k",
+    "teacher",
+    "train_teacher",
+    "teacher_steps",
+    "teacher_learning_rate",
+    "logging_points",
+)
 
 # The demo trains and evaluates with the "v1" template without its system prompt: the prompt
 # carries no information for this task and would double the length of every sequence.
@@ -236,12 +256,47 @@ def attention_over_image(model_dir: Path, task: DemoTaskPaths, question: dict[st
     return output.text_vision_attention[0]
 
 
+def check_output_settings(config: DemoConfig, output_dir: Path) -> None:
+    """Raise when `output_dir` holds a demo run with other run-defining settings.
+
+    The check runs before anything in the folder changes, so a refused run leaves the earlier
+    task, students and report as they were.
+    """
+    settings_path = output_dir / SETTINGS_FILE
+    if not settings_path.is_file():
+        return
+
+    try:
+        previous = json.loads(settings_path.read_text())
+    except json.JSONDecodeError as error:
+        raise AlignKDError(
+            f"{settings_path} is not valid JSON ({error}); delete {output_dir} to start the demo over"
+        ) from error
+
+    current = _run_defining_settings(config)
+    changed = [
+        f"{name} {previous.get(name)!r} -> {value!r}" for name, value in current.items() if previous.get(name) != value
+    ]
+    if changed:
+        raise AlignKDError(
+            f"{output_dir} holds a demo run with other settings (changed: {', '.join(changed)}). "
+            f"Pass --output with a new folder, or delete {output_dir} to start over"
+        )
+
+
+def _run_defining_settings(config: DemoConfig) -> dict[str, Any]:
+    settings = dataclasses.asdict(config)
+    return {name: settings[name] for name in RUN_DEFINING_SETTINGS}
+
+
 def run_demo(config: DemoConfig) -> DemoResults:
     """Run the whole demo and write its report; return the results."""
     config.validate()
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
+    check_output_settings(config, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / SETTINGS_FILE).write_text(json.dumps(_run_defining_settings(config), indent=2) + "\n")
 
     logger.info("Building the digits task in %s", output_dir / "task")
     task = build_demo_task(output_dir / "task", DemoTaskConfig(num_train=config.num_train, num_test=config.num_test))

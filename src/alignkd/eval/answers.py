@@ -12,6 +12,7 @@ answers were made:
      "benchmark": "gqa",
      "prompt_variant": "short-answer",
      "template": "v1",
+     "system_prompt": "A chat between ...",      # the system prompt in effect ("" for none)
      "decoding": {"strategy": "greedy", "do_sample": false, "num_beams": 1, "max_new_tokens": 128},
      "image_aspect_ratio": "pad",
      "model": "runs/student"}
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 # Settings that every line of an answers file written by `alignkd eval` records. A file whose
 # lines disagree on one of them cannot give one trustworthy score.
-SETTING_KEYS = ("benchmark", "prompt_variant", "template", "decoding", "image_aspect_ratio", "model")
+SETTING_KEYS = ("benchmark", "prompt_variant", "template", "system_prompt", "decoding", "image_aspect_ratio", "model")
 
 AnswerKey = tuple[str, str]
 

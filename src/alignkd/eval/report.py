@@ -166,5 +166,8 @@ def _format_provenance(provenance: dict[str, Any]) -> list[str]:
     for name, value in settings.items():
         if isinstance(value, dict):
             value = ", ".join(f"{key}={item}" for key, item in value.items())
+        elif name == "system_prompt" and value != NOT_RECORDED:
+            # Quoted, so that an empty system prompt is visible.
+            value = json.dumps(value, ensure_ascii=False)
         lines.append(f"{name.replace('_', ' ').capitalize()}: {value}")
     return lines

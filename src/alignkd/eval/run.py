@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkd.config import ConfigError
+from alignkd.data.templates import get_template
 from alignkd.errors import DataError, ModelError
 from alignkd.eval.answers import SETTING_KEYS, AnswerWriter, answer_key, format_id_list, read_existing_answers
 from alignkd.eval.benchmarks import get_benchmark
@@ -173,7 +174,6 @@ def build_backend(config: EvalConfig) -> GenerationBackend:
     from PIL import Image
 
     from alignkd.data.images import open_rgb_image, preprocess_image, to_rgb
-    from alignkd.data.templates import get_template
     from alignkd.data.tokenization import encode_generation_prompt
     from alignkd.models.generation import greedy_generate
     from alignkd.models.loading import load_vlm
@@ -360,7 +360,8 @@ def run_evaluation(config: EvalConfig, backend: GenerationBackend | None = None)
         "benchmark": benchmark.name,
         "prompt_variant": variant,
         "template": config.template,
-        "system_prompt": config.system_prompt,
+        # The prompt in effect, so that a file records "" and the template's default distinctly.
+        "system_prompt": get_template(config.template, config.system_prompt).system_prompt,
         "decoding": _decoding_settings(config),
         "image_aspect_ratio": backend.image_aspect_ratio,
         "model": backend.model_name,
