@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from data_helpers import conversation
 
@@ -121,3 +124,24 @@ def test_vision_tokens_read_from_model(write_data, image_folder, tokenizer_folde
     arguments = ["data", "check", str(data), "--tokenizer", str(tokenizer_folder), "--images", str(image_folder)]
     assert main(arguments + ["--model", str(tmp_path / "model")]) == 0
     assert "counting 9 vision tokens per image" in capsys.readouterr().out
+
+    # Without --tokenizer the first model's tokenizer is used. A fresh process shows whether
+    # transformers warns about the mobilevlm model type while it loads that tokenizer.
+    arguments = ["data", "check", str(data), "--images", str(image_folder), "--model", str(tmp_path / "model")]
+    completed = subprocess.run(
+        [sys.executable, "-m", "alignkd.cli", *arguments], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert f"tokenizer {tmp_path / 'model'}" in completed.stdout
+    assert "You are using a model of type" not in completed.stderr
+    assert "rope_scaling" not in completed.stderr
+
+
+def test_missing_model_folder_named(write_data, tokenizer_folder, tmp_path, caplog):
+    data = write_data([conversation("Hi", "Hello")])
+
+    arguments = ["data", "check", str(data), "--tokenizer", str(tokenizer_folder)]
+    status = main(arguments + ["--model", str(tmp_path / "nope")])
+
+    assert status == 1
+    assert f"model folder not found: {tmp_path / 'nope'}" in caplog.text

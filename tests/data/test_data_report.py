@@ -84,8 +84,14 @@ def test_format_lists_counts_and_examples():
     assert "counting 4 vision tokens per image" in text
     assert "image_missing                    2  ERROR" in text
     assert "      sample 'a' (item 3 of mix.json): image file not found: x.jpg" in text
-    assert "Sequence lengths (vision tokens expanded):" in text
-    assert text.endswith("Result: FAILED, 2 samples have errors.")
+    assert "Sequence lengths of the 4 samples that could be tokenized, before the length limit" in text
+    assert text.endswith("Result: FAILED, 2 samples with errors.")
+
+
+def test_format_one_error_singular():
+    text = report(error_counts={ProblemKind.IMAGE_MISSING: 1}).format()
+
+    assert text.endswith("Result: FAILED, 1 sample with errors.")
 
 
 def test_format_ok_result():

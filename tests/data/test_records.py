@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -105,6 +106,14 @@ def test_json_object_file_raises(tmp_path):
 
     with pytest.raises(SampleProblem, match="not valid JSON"):
         LlavaRecords(path)[0]
+
+
+def test_multiline_json_object_raises(tmp_path):
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps({"name": "task", "samples": 3}, indent=2), encoding="utf-8")
+
+    with pytest.raises(DataError, match=r"is one JSON object \(keys: name, samples\), not LLaVA data"):
+        LlavaRecords(path)
 
 
 def test_invalid_json_list_raises(tmp_path):

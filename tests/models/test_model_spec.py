@@ -68,6 +68,16 @@ def test_llava_needs_mlp_projector(llama_tokenizer):
         init_model(tiny_spec("llava", "ldpnetv2"), llama_tokenizer)
 
 
+@pytest.mark.parametrize(("family", "expected"), [("mobilevlm", "ldpnetv2"), ("llava", "mlp2x_gelu")])
+def test_projector_defaults_per_family(llama_tokenizer, family, expected):
+    spec = tiny_spec(family)
+    del spec["projector"]
+
+    adapter = get_vlm_adapter(init_model(spec, llama_tokenizer).model)
+
+    assert adapter.projector_type == expected
+
+
 def test_small_vocabulary_rejected(llama_tokenizer):
     spec = tiny_spec()
     spec["language"]["vocab_size"] = 10

@@ -127,3 +127,33 @@ def test_chat_prints_greedy_answer(tmp_path, tokenizer_dir, capsys):
 
 def test_chat_missing_model_exits_1(tmp_path):
     assert main(["chat", "--model", str(tmp_path / "none"), "Hello?"]) == 1
+
+
+def test_chat_missing_image_fails_before_loading(tmp_path, monkeypatch, caplog):
+    import alignkd.models.loading as loading
+
+    def fail_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the image was read")
+
+    monkeypatch.setattr(loading, "load_vlm", fail_load)
+
+    assert main(["chat", "--model", str(tmp_path), "--image", str(tmp_path / "nope.png"), "Hello?"]) == 1
+    assert "image file not found" in caplog.text
+
+
+def test_spec_examples_build(llama_tokenizer):
+    import textwrap
+    from pathlib import Path
+
+    import yaml
+
+    from alignkd.models.cli import SPEC_EXAMPLE
+    from alignkd.models.spec import init_model
+
+    help_spec = textwrap.dedent(SPEC_EXAMPLE[SPEC_EXAMPLE.index("  family:") :])
+    example_files = sorted((Path(__file__).parents[2] / "examples" / "specs").glob("*.yaml"))
+    assert example_files
+
+    for text in [help_spec, *(path.read_text() for path in example_files)]:
+        loaded = init_model(yaml.safe_load(text), llama_tokenizer)
+        assert loaded.family == "mobilevlm"

@@ -140,3 +140,71 @@ def test_changed_config_is_not_resumed(tiny_setup, tmp_path, caplog):
     assert main(["distill", str(config), "finetune.optimization.max_steps=2", "logging_steps=2"]) == 0
     assert main(["distill", str(config), "finetune.optimization.max_steps=2", "finetune.optimization.learning_rate=0.1"]) == 1
     assert "changed: finetune.optimization.learning_rate" in caplog.text
+
+
+def test_llava_student_with_image_token(tiny_setup, tmp_path, llama_tokenizer):
+    # init_model appends LLaVA's <image> token to the student's copy of the shared tokenizer.
+    from alignkd.models.loading import save_vlm
+    from alignkd.models.spec import init_model
+
+    spec = {
+        "family": "llava",
+        "vision": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "patch_size": 8, "image_size": 32},
+        "language": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
+    }
+    student = init_model(spec, llama_tokenizer, seed=3)
+    save_vlm(student.model, student.tokenizer, student.image_processor, tmp_path / "llava-student")
+    assert len(student.tokenizer) == len(llama_tokenizer) + 1
+
+    output = tmp_path / "run"
+    setup = dict(tiny_setup, student=tmp_path / "llava-student")
+    # The LLaVA student has 16 vision tokens per image and the teacher 4, so only the logit term applies.
+    config = write_config(setup, output, loss={"preset": "vanilla-kd"})
+    assert main(["distill", str(config), "finetune.optimization.max_steps=2"]) == 0
+
+    history = json.loads((output / "finetune" / "log_history.json").read_text())
+    logit_losses = [entry["loss_logits"] for entry in history if "loss_logits" in entry]
+    assert logit_losses
+    assert all(value > 0 and value == value for value in logit_losses)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("student.path={root}/missing-student", "model folder not found: {root}/missing-student"),
+        ("finetune.data.path={root}/missing.json", "finetune.data.path: data file not found: {root}/missing.json"),
+    ],
+)
+def test_missing_path_fails_before_teacher_loads(tiny_setup, tmp_path, caplog, monkeypatch, override, expected):
+    import alignkd.training.run as run
+
+    def fail_load(*args, **kwargs):
+        raise AssertionError("the teacher was loaded before the paths were checked")
+
+    monkeypatch.setattr(run, "load_teacher", fail_load)
+    config = write_config(tiny_setup, tmp_path / "run")
+
+    assert main(["distill", str(config), override.format(root=tmp_path)]) == 1
+    assert expected.format(root=tmp_path) in caplog.text
+
+
+def test_skipped_samples_recorded(tiny_setup, tmp_path):
+    samples = json.loads(tiny_setup["data"].read_text())
+    samples[0]["image"] = "does_not_exist.png"
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(samples))
+    output = tmp_path / "run"
+    config = write_config(tiny_setup, output)
+
+    overrides = [
+        f"finetune.data.path={data}",
+        f"finetune.data.image_folder={tiny_setup['data'].parent / 'images'}",
+        "finetune.data.on_error=skip",
+        "finetune.data.max_skip_fraction=0.1",
+        "finetune.optimization.max_steps=1",
+    ]
+    assert main(["distill", str(config), *overrides]) == 0
+
+    metadata = json.loads((output / "finetune" / "run_metadata.json").read_text())
+    assert metadata["data"]["samples_kept"] == len(samples) - 1
+    assert metadata["data"]["samples_removed"] == {"image_missing": 1}

@@ -27,13 +27,21 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "data", type=Path, metavar="DATA", help="data file: a JSON list of samples (.json) or JSON Lines (.jsonl)"
     )
     check.add_argument(
-        "--images", type=Path, default=None, metavar="DIR", help="folder that the samples' image paths are relative to"
+        "--images",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder that the samples' image paths are relative to (default: the data file's folder)",
     )
     check.add_argument(
         "--template", default="v1", metavar="NAME", help="chat template: plain, v1 or llama_2 (default: v1)"
     )
     check.add_argument(
-        "--tokenizer", type=Path, required=True, metavar="PATH", help="local folder of the training tokenizer"
+        "--tokenizer",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="local folder of the training tokenizer (default: the first --model folder)",
     )
     check.add_argument(
         "--max-length",
@@ -116,7 +124,14 @@ def run_check(args: argparse.Namespace) -> int:
     if args.image_check is not None:
         settings["image_check"] = args.image_check
     config = from_mapping(DataConfig, settings)
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer_path = args.tokenizer
+    if tokenizer_path is None:
+        if args.model is None:
+            from alignkd.errors import DataError
+
+            raise DataError("missing tokenizer: pass --tokenizer PATH, or --model DIR to use that model's tokenizer")
+        tokenizer_path = args.model[0]
+    tokenizer = load_tokenizer(tokenizer_path)
     num_vision_tokens = args.num_vision_tokens
     if num_vision_tokens is None:
         from alignkd.models.loading import read_num_vision_tokens
@@ -135,6 +150,10 @@ def load_tokenizer(path: Path):
         raise DataError(f"tokenizer folder not found: {path}. Pass the folder that contains tokenizer.json")
 
     from transformers import AutoTokenizer
+
+    # AutoTokenizer reads a model folder's config.json; registering the mobilevlm model type
+    # keeps transformers from warning that it does not know it.
+    import alignkd.models.mobilevlm  # noqa: F401
 
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)

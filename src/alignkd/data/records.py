@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 RecordFormat = Literal["json", "jsonl"]
 
+# Files up to this size that start with a broken line are parsed whole, to tell one JSON
+# object from JSON Lines.
+_MAX_OBJECT_CHECK_BYTES = 64 * 1024 * 1024
+
 
 class LlavaRecords:
     """The records of one LLaVA-format data file, parsed one at a time on access.
@@ -125,11 +129,44 @@ def _detect_format(path: Path) -> RecordFormat:
     if first == b"[":
         return "json"
     if first == b"{":
+        _check_first_line_is_object(path)
         return "jsonl"
     raise DataError(
         f"data file {path} starts with {first!r}: expected a JSON list of samples ('[') "
         "or JSON Lines with one sample object per line ('{')"
     )
+
+
+def _check_first_line_is_object(path: Path) -> None:
+    """Reject a file that is one JSON object spread over several lines.
+
+    Such a file (a config or a manifest, say) is not JSON Lines, and reading it line by line
+    would report every line as a broken sample. A JSON Lines file whose first line is broken
+    still loads, so that the line is reported as one invalid record.
+    """
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                break
+    try:
+        json.loads(line)
+        return
+    except json.JSONDecodeError:
+        pass
+
+    # Parse the whole file only when it is small enough to be a config rather than data.
+    if path.stat().st_size > _MAX_OBJECT_CHECK_BYTES:
+        return
+    try:
+        data = json.loads(path.read_bytes())
+    except json.JSONDecodeError:
+        return
+    if isinstance(data, dict):
+        keys = ", ".join(list(data)[:5])
+        raise DataError(
+            f"data file {path} is one JSON object (keys: {keys}), not LLaVA data. Expected a JSON list of "
+            "samples or JSON Lines with one sample object per line"
+        )
 
 
 def _index_json_lines(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -156,12 +156,17 @@ class DataReport:
                 lines.append(f"  {name:<24} {count:>9}")
 
         lines.append("")
-        lines.append("Sequence lengths (vision tokens expanded):")
+        measured = sum(self.length_histogram.counts)
+        lines.append(
+            f"Sequence lengths of the {measured} samples that could be tokenized, before the length limit "
+            "(vision tokens expanded):"
+        )
         lines.extend(self.length_histogram.format(self.max_length))
 
         lines.append("")
         if self.error_counts:
-            lines.append(f"Result: FAILED, {sum(self.error_counts.values())} samples have errors.")
+            failed = sum(self.error_counts.values())
+            lines.append(f"Result: FAILED, {failed} sample{'s' if failed != 1 else ''} with errors.")
         elif self.threshold_errors:
             lines.append("Result: FAILED.")
         if self.threshold_errors:

@@ -257,7 +257,7 @@ def attention_over_image(model_dir: Path, task: DemoTaskPaths, question: dict[st
 
 
 def check_output_settings(config: DemoConfig, output_dir: Path) -> None:
-    """Raise when `output_dir` holds a demo run with other run-defining settings.
+    """Raise when `output_dir` contains a demo run with other run-defining settings.
 
     The check runs before anything in the folder changes, so a refused run leaves the earlier
     task, students and report as they were.
@@ -279,7 +279,7 @@ def check_output_settings(config: DemoConfig, output_dir: Path) -> None:
     ]
     if changed:
         raise AlignKDError(
-            f"{output_dir} holds a demo run with other settings (changed: {', '.join(changed)}). "
+            f"{output_dir} contains a demo run with other settings (changed: {', '.join(changed)}). "
             f"Pass --output with a new folder, or delete {output_dir} to start over"
         )
 

@@ -9,6 +9,17 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+SPEC_EXAMPLE = """\
+example spec (every field is documented in alignkd.models.spec, and the repository's
+examples/specs/ has a commented one):
+
+  family: mobilevlm            # or llava (transformers' LLaVA, mlp2x_gelu projector)
+  vision: {hidden_size: 64, num_layers: 2, num_heads: 2, patch_size: 16, image_size: 64}
+  projector: {type: ldpnetv2, grid_size: 2}
+  language: {hidden_size: 128, num_layers: 2, num_heads: 4, num_key_value_heads: 2,
+             intermediate_size: 256}
+"""
+
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     init = subparsers.add_parser(
@@ -18,9 +29,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             "Build a randomly initialised MobileVLM or LLaVA model from a spec file and write it, with "
             "the tokenizer and a CLIP image processor, to a folder that `load_vlm` and `alignkd chat` read."
         ),
+        epilog=SPEC_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     init.add_argument(
-        "--config", required=True, type=Path, help="model spec (.yaml, .yml or .json); see alignkd.models.spec"
+        "--config", required=True, type=Path, help="model spec (.yaml, .yml or .json), as in the example below"
     )
     init.add_argument("--tokenizer", required=True, type=Path, help="local tokenizer folder (transformers format)")
     init.add_argument("--output", required=True, type=Path, help="folder to write the model to")
@@ -96,16 +109,18 @@ def run_chat(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1:
         raise ModelError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    # The image is read first, so that a wrong path fails before a large model loads.
+    rgb_image = open_rgb_image(args.image) if args.image is not None else None
     loaded = load_vlm(args.model, device=args.device)
     tokenizer = loaded.tokenizer
     adapter = get_vlm_adapter(loaded.model)
 
     image = None
-    if args.image is not None:
+    if rgb_image is not None:
         # Configs name the other settings differently ("square", "resize"). All of them leave the
         # aspect ratio to the processor's resize.
         aspect_ratio = "pad" if adapter.image_aspect_ratio == "pad" else "resize"
-        image = preprocess_image(open_rgb_image(args.image), loaded.image_processor, aspect_ratio=aspect_ratio)
+        image = preprocess_image(rgb_image, loaded.image_processor, aspect_ratio=aspect_ratio)
 
     prompt = encode_generation_prompt(
         tokenizer, args.template, args.question, has_image=image is not None, system_prompt=args.system_prompt

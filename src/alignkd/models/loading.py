@@ -67,6 +67,8 @@ class LoadedVLM:
 
 def read_config(model_dir: Path) -> dict[str, Any]:
     """Read and parse the config.json of `model_dir`."""
+    if not model_dir.is_dir():
+        raise ModelError(f"model folder not found: {model_dir}")
     path = model_dir / "config.json"
     if not path.is_file():
         raise ModelError(f"{model_dir} has no config.json; pass the folder of a saved model")

@@ -38,6 +38,8 @@ _VIT_MLP_RATIO = 4
 # real sizes come from `mm_vision_config`, which init-model always writes.
 _RANDOM_TOWER_NAME = "random-clip-vision"
 
+DEFAULT_PROJECTOR_TYPES = {"mobilevlm": "ldpnetv2", "llava": "mlp2x_gelu"}
+
 
 @dataclass
 class VisionSpec:
@@ -75,16 +77,18 @@ class VisionSpec:
 class ProjectorSpec:
     """The vision-to-LM projector."""
 
-    # "ldpnetv2" (MobileVLM V2), "ldpnet" (V1), "mlp2x_gelu" (LLaVA-1.5) or "linear".
-    type: str = "ldpnetv2"
+    # "ldpnetv2" (MobileVLM V2), "ldpnet" (V1), "mlp2x_gelu" (LLaVA-1.5) or "linear"; when
+    # null, the family's own: ldpnetv2 for mobilevlm, mlp2x_gelu for llava.
+    type: str | None = None
     # ldpnetv2 only: side of the square token grid it pools to (grid_size ** 2 vision tokens).
     grid_size: int = 12
 
     def validate(self) -> None:
-        try:
-            check_projector_type(self.type)
-        except ModelError as error:
-            raise ConfigError(f"type: {error}") from None
+        if self.type is not None:
+            try:
+                check_projector_type(self.type)
+            except ModelError as error:
+                raise ConfigError(f"type: {error}") from None
         if self.grid_size < 1:
             raise ConfigError(f"grid_size must be at least 1, got {self.grid_size}")
 
@@ -135,6 +139,8 @@ class ModelSpec:
     image_aspect_ratio: str = "pad"
 
     def validate(self) -> None:
+        if self.projector.type is None:
+            self.projector.type = DEFAULT_PROJECTOR_TYPES[self.family]
         if self.family == "llava" and self.projector.type != "mlp2x_gelu":
             raise ConfigError(f"projector.type: LLaVA uses 'mlp2x_gelu', got {self.projector.type!r}")
 
@@ -228,7 +234,9 @@ def init_model(spec: Mapping[str, Any] | ModelSpec, tokenizer: Any, *, seed: int
     The image processor is CLIP preprocessing at the vision tower's image size. The same
     spec, tokenizer and seed give the same weights.
     """
-    if not isinstance(spec, ModelSpec):
+    if isinstance(spec, ModelSpec):
+        spec.validate()
+    else:
         spec = from_mapping(ModelSpec, spec)
 
     tokenizer = copy.deepcopy(tokenizer)

@@ -29,9 +29,11 @@ def load_distill_config(path: str, overrides: list[str]):
 
 
 def run_distill_command(args: argparse.Namespace) -> int:
-    from alignkd.training.run import run_distillation
+    from alignkd.training.run import is_main_process, run_distillation
 
     config = load_distill_config(args.config, args.overrides)
     results = run_distillation(config)
-    print(f"Final student: {results[-1].student_dir}")
+    # Every rank of a multi-process launch returns here; one line is enough.
+    if is_main_process():
+        print(f"Final student: {results[-1].student_dir}")
     return 0

@@ -31,12 +31,13 @@ from transformers import TrainingArguments, set_seed
 
 from alignkd.config import to_mapping
 from alignkd.data.dataset import prepare_dataset
-from alignkd.errors import AlignKDError
+from alignkd.errors import AlignKDError, DataError
 from alignkd.losses.objective import AlignKDObjective, ResolvedObjective
-from alignkd.models.loading import LoadedVLM, get_vlm_adapter, load_vlm, save_vlm
+from alignkd.models.loading import LoadedVLM, get_vlm_adapter, load_vlm, read_config, save_vlm
 from alignkd.training.checkpoints import find_resumable_checkpoint
 from alignkd.training.config import DistillConfig, ModelSource, StageConfig
 from alignkd.training.deepspeed import prepare_teacher_for_zero3, resolve_deepspeed_config, zero_stage
+from alignkd.training.vocabulary import shared_tokenizer_length
 from alignkd.training.module import DistillationModule
 from alignkd.training.plots import plot_loss_history
 from alignkd.training.teacher import LiveTeacher, TeacherSource
@@ -73,7 +74,8 @@ def student_dtype(source: ModelSource) -> torch.dtype:
     return torch.float32 if source.dtype == "auto" else _DTYPES[source.dtype]
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """True in a single process and in rank 0 of a multi-process launch."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -121,9 +123,17 @@ def write_resolved_config(config: DistillConfig, output_dir: Path) -> None:
 
 
 def build_objective(
-    settings: ResolvedObjective, student: LoadedVLM, teacher_model: torch.nn.Module | None, teacher_sizes: dict[str, int] | None
+    settings: ResolvedObjective,
+    student: LoadedVLM,
+    teacher_model: torch.nn.Module | None,
+    teacher_sizes: dict[str, int] | None,
+    tokenizer_length: int | None = None,
 ) -> AlignKDObjective:
-    """Create the objective, sizing the adapters from the two models."""
+    """Create the objective, sizing the adapters from the two models.
+
+    `tokenizer_length` is the number of token ids that teacher and student share (see
+    `shared_tokenizer_length`); the student tokenizer's length when None.
+    """
     student_adapter = get_vlm_adapter(student.model)
     sizes: dict[str, int | None] = {"teacher_heads": None, "teacher_width": None}
     if teacher_model is not None:
@@ -135,7 +145,7 @@ def build_objective(
         settings,
         student_heads=student_adapter.num_attention_heads,
         student_width=student_adapter.hidden_size,
-        tokenizer_length=len(student.tokenizer),
+        tokenizer_length=len(student.tokenizer) if tokenizer_length is None else tokenizer_length,
         **sizes,
     )
 
@@ -238,6 +248,8 @@ def write_run_metadata(stage_dir: Path, config: DistillConfig, stage: StageConfi
             "template": stage.data.template,
             "versions": getattr(report, "versions", None),
             "samples_kept": getattr(report, "kept_samples", None),
+            # Samples the pre-flight check removed, per reason; skips during training are in log_history.json.
+            "samples_removed": {kind.value: count for kind, count in getattr(report, "removed_counts", {}).items()},
         },
         "student": str(config.student.path),
         "teacher": str(config.teacher.path) if config.teacher is not None else None,
@@ -309,7 +321,10 @@ def build_stage(
 
     teacher_model = teacher_loaded.model if teacher_loaded is not None else None
     teacher_sizes = getattr(teacher, "model_sizes", None)
-    objective = build_objective(settings, student, teacher_model, teacher_sizes)
+    tokenizer_length = None
+    if teacher_loaded is not None:
+        tokenizer_length = shared_tokenizer_length(teacher_loaded.tokenizer, student.tokenizer)
+    objective = build_objective(settings, student, teacher_model, teacher_sizes, tokenizer_length)
     module = DistillationModule(student.model, objective, teacher)
     if previous_adapters is not None and load_adapters(module, previous_adapters):
         logger.info("Carried the adapters over from %s", previous_adapters)
@@ -321,11 +336,6 @@ def build_stage(
         teacher_adapter = get_vlm_adapter(teacher_loaded.model)
         num_vision_tokens = max(num_vision_tokens, teacher_adapter.num_vision_tokens)
         processors["teacher"] = teacher_loaded.image_processor
-        if len(teacher_loaded.tokenizer) != len(student.tokenizer):
-            raise AlignKDError(
-                f"teacher tokenizer ({len(teacher_loaded.tokenizer)} tokens) and student tokenizer "
-                f"({len(student.tokenizer)} tokens) differ; distillation needs one shared tokenizer"
-            )
 
     dataset, data_report = prepare_dataset(stage.data, student.tokenizer, processors, num_vision_tokens)
     if hasattr(teacher, "bind"):
@@ -421,14 +431,31 @@ def warn_single_process_launch() -> None:
         )
 
 
+def check_input_paths(config: DistillConfig) -> None:
+    """Raise for a missing model folder or data file before any model is loaded.
+
+    Loading a large teacher takes minutes, so a typo in a later path should not wait for it.
+    """
+    read_config(Path(config.student.path))
+    # With a teacher cache the teacher folder is read only if the cache is partial, which the
+    # cache reader checks itself.
+    if config.teacher is not None and config.teacher_cache is None and config.loss.resolved().needs_teacher:
+        read_config(Path(config.teacher.path))
+    for name, stage in config.stages():
+        data_path = Path(stage.data.path)
+        if not data_path.is_file():
+            raise DataError(f"{name}.data.path: data file not found: {data_path}")
+
+
 def run_distillation(config: DistillConfig) -> list[StageResult]:
     """Run every stage of `config` in order; return what each produced."""
     warn_single_process_launch()
     output_dir = Path(config.output_dir)
     check_same_config(config, output_dir)
-    if _is_main_process():
+    if is_main_process():
         write_resolved_config(config, output_dir)
 
+    check_input_paths(config)
     settings = config.loss.resolved()
     set_seed(config.seed)
     teacher, teacher_loaded = load_teacher(config, settings)

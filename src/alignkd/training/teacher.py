@@ -48,6 +48,32 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def teacher_input_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, num_embeddings: int) -> torch.Tensor:
+    """Return `input_ids` [batch, seq] with ids the teacher has no embedding for removed from padding.
+
+    The batch is tokenized with the student's tokenizer, which may append special tokens such as
+    LLaVA's `<pad>` after the ids it shares with the teacher (see `shared_tokenizer_length`).
+    At padding positions any id inside the teacher's vocabulary will do, because the attention
+    mask hides them.
+
+    Raises:
+        ModelError: such an id sits at a position that is not padding.
+    """
+    unknown = input_ids >= num_embeddings
+    if not unknown.any():
+        return input_ids
+
+    in_text = unknown & attention_mask.bool()
+    if in_text.any():
+        row, position = in_text.nonzero()[0].tolist()
+        raise ModelError(
+            f"batch row {row} contains token id {int(input_ids[row, position])} at position {position}, but the teacher "
+            f"has only {num_embeddings} token embeddings. Special tokens that only the student's tokenizer has "
+            "must not appear in the text"
+        )
+    return input_ids.masked_fill(unknown, 0)
+
+
 class LiveTeacher:
     """Run a frozen teacher model under `torch.no_grad` on each batch.
 
@@ -82,10 +108,14 @@ class LiveTeacher:
         if pixel_values is not None:
             pixel_values = pixel_values.to(dtype)
 
+        # num_embeddings stays the full size under ZeRO-3, where the weight itself is partitioned.
+        num_embeddings = self.model.get_input_embeddings().num_embeddings
+        input_ids = teacher_input_ids(batch["input_ids"], batch["attention_mask"], num_embeddings)
+
         with torch.no_grad():
             return forward_vlm(
                 self.model,
-                batch["input_ids"],
+                input_ids,
                 batch["attention_mask"],
                 labels=batch.get("labels"),
                 pixel_values=pixel_values,
