@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 from cache_helpers import build_live_run, distill_config, write_cache, write_config
+from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 
 from alignkd.cache.format import CacheError, CacheMismatchError
@@ -123,7 +124,23 @@ def test_changed_sample_under_same_id_is_error(full_cache, cache_setup, tmp_path
 
     run = build_live_run(changed)
     teacher = _bind(changed, folder, run)
-    with pytest.raises(CacheMismatchError, match="sample 'image-1' has other token ids or labels"):
+    with pytest.raises(CacheMismatchError, match="sample 'image-1' has other token ids, labels or image pixels"):
+        teacher(run.batches()[0], run.settings)
+
+
+def test_replaced_image_is_error(full_cache, cache_setup, tmp_path):
+    config, folder = full_cache
+    images = tmp_path / "images"
+    shutil.copytree(cache_setup["data"].parent / "images", images)
+    # Same file name, other pixels: only the sample hash can notice.
+    with Image.open(images / "1.png") as image:
+        ImageOps.invert(image.convert("RGB")).save(images / "1.png")
+    changed = copy.deepcopy(config)
+    changed.finetune.data.image_folder = images
+
+    run = build_live_run(changed)
+    teacher = _bind(changed, folder, run)
+    with pytest.raises(CacheMismatchError, match="sample 'image-1' has other token ids, labels or image pixels"):
         teacher(run.batches()[0], run.settings)
 
 

@@ -8,7 +8,7 @@ from cache_helpers import build_live_run, distill_config, write_cache
 from cache_helpers import FULL_VOCABULARY_K
 
 from alignkd.cache.format import CacheError
-from alignkd.cache.keys import batch_token_hashes
+from alignkd.cache.keys import batch_sample_hashes
 from alignkd.cache.reader import CachedTeacher, select_samples
 from alignkd.config import ConfigError
 from alignkd.models.forward import forward_vlm
@@ -92,7 +92,7 @@ def test_select_samples_keeps_their_images(partial):
 
     assert selected["input_ids"].shape[0] == len(chosen)
     assert torch.equal(selected["pixel_values"], batch["pixel_values"][1 : len(image_rows)])
-    assert batch_token_hashes(selected) == [batch_token_hashes(batch)[row] for row in chosen]
+    assert batch_sample_hashes(selected) == [batch_sample_hashes(batch)[row] for row in chosen]
     longest = int(batch["attention_mask"][chosen].sum(dim=1).max())
     assert selected["input_ids"].shape[1] == longest
 

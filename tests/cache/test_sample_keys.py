@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from alignkd.cache.keys import batch_token_hashes, sample_keys, token_hash
+from alignkd.cache.keys import batch_sample_hashes, sample_hash, sample_keys
 from alignkd.data.records import LlavaRecords
 
 
@@ -45,18 +45,39 @@ def test_unreadable_record_gets_row_key(tmp_path):
     assert sample_keys(LlavaRecords(path)) == ["a", "row:1", "b"]
 
 
-def test_token_hash_ignores_padding():
+def test_sample_hash_ignores_padding():
     batch = {
         "input_ids": torch.tensor([[5, 6, 7, 0], [5, 6, 0, 0]]),
         "labels": torch.tensor([[-100, 6, 7, -100], [-100, 6, -100, -100]]),
         "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]),
     }
-    hashes = batch_token_hashes(batch)
-    assert hashes[0] == token_hash(torch.tensor([5, 6, 7]), torch.tensor([-100, 6, 7]))
-    assert hashes[1] == token_hash(torch.tensor([5, 6]), torch.tensor([-100, 6]))
+    hashes = batch_sample_hashes(batch)
+    assert hashes[0] == sample_hash(torch.tensor([5, 6, 7]), torch.tensor([-100, 6, 7]))
+    assert hashes[1] == sample_hash(torch.tensor([5, 6]), torch.tensor([-100, 6]))
     assert hashes[0] != hashes[1]
 
 
-def test_token_hash_sees_label_change():
+def test_sample_hash_sees_label_change():
     ids = torch.tensor([1, 2, 3])
-    assert token_hash(ids, torch.tensor([-100, 2, 3])) != token_hash(ids, torch.tensor([-100, -100, 3]))
+    assert sample_hash(ids, torch.tensor([-100, 2, 3])) != sample_hash(ids, torch.tensor([-100, -100, 3]))
+
+
+def test_sample_hash_uses_teacher_pixels():
+    pixels = torch.zeros(1, 3, 2, 2)
+    teacher_pixels = torch.ones(1, 3, 2, 2)
+    batch = {
+        "input_ids": torch.tensor([[5, 6], [5, 7]]),
+        "labels": torch.tensor([[-100, 6], [-100, 7]]),
+        "attention_mask": torch.ones(2, 2, dtype=torch.long),
+        "image_mask": torch.tensor([False, True]),
+        "pixel_values": pixels,
+    }
+
+    hashes = batch_sample_hashes(batch)
+    with_teacher_pixels = batch_sample_hashes({**batch, "teacher_pixel_values": teacher_pixels})
+
+    # Row 0 has no image; row 1 owns the only pixel row, and the teacher's pixels take precedence.
+    assert hashes[0] == sample_hash(torch.tensor([5, 6]), torch.tensor([-100, 6]))
+    assert hashes[1] == sample_hash(torch.tensor([5, 7]), torch.tensor([-100, 7]), pixels[0])
+    assert with_teacher_pixels[1] == sample_hash(torch.tensor([5, 7]), torch.tensor([-100, 7]), teacher_pixels[0])
+    assert with_teacher_pixels[1] != hashes[1]

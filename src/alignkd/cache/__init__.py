@@ -21,7 +21,7 @@ equals the full term. The other terms are unchanged.
 Safety. A cache records named fingerprint components (see `alignkd.cache.fingerprint`): the
 tokenizer, template, system prompt, image preprocessing, max length, logit positions,
 temperature, and the teacher's files, dtype and vision tokens. Each sample also stores a hash of
-its token ids and labels. A cache
+its token ids, labels and preprocessed image. A cache
 that does not match the run is an error that names what changed. Shards are checked by size and
 SHA-256 when first read; `alignkd cache-verify DIR` checks them all at once.
 
@@ -33,6 +33,6 @@ Resuming. An interrupted `cache-teacher` continues where it stopped when run aga
 same arguments; it also rewrites shards that are missing or damaged.
 
 Modules: `writer` (the command), `reader` (`CachedTeacher`, the training side), `format` (files
-and manifest), `fingerprint`, `keys` (sample keys and token hashes), `entries` (per-sample
+and manifest), `fingerprint`, `keys` (sample keys and sample hashes), `entries` (per-sample
 outputs) and `assembly` (batch outputs in the live teacher's layout).
 """

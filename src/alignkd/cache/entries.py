@@ -35,7 +35,7 @@ class SampleEntry:
 
     Fields:
         key: the sample key (see `alignkd.cache.keys`).
-        token_hash: hash of the sample's token ids and labels.
+        token_hash: hash of the sample's token ids, labels and image (`alignkd.cache.keys.sample_hash`).
         top_k: the sample's logit rows reduced to top-k log-probabilities, or None when logits
             are not stored.
         targets: LongTensor [rows]; the next-token id of each logit row, or None with `top_k`.

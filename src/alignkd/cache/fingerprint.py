@@ -25,10 +25,9 @@ resumes a folder and when `distill` computes the uncached samples of a partial c
 A run that trains from a complete cache does not read the teacher folder, so it cannot check
 the teacher components. The manifest still records them.
 
-Each cached sample also carries a hash of its token ids and labels (`alignkd.cache.keys`), so a
-sample whose text changed under the same key is caught when its entry is read.
-
-NOTE: image files are not hashed, so an image replaced under the same file name goes unnoticed.
+Each cached sample also carries a hash of its token ids, labels and preprocessed image
+(`alignkd.cache.keys`), so a sample whose text or image changed under the same key is caught
+when its entry is read.
 """
 
 from __future__ import annotations

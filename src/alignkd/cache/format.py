@@ -281,7 +281,7 @@ class ShardIndex:
     """Sample key of each position (see `alignkd.cache.keys`)."""
 
     token_hashes: list[str]
-    """Hash of each sample's token ids and labels, to detect a sample that changed under its key."""
+    """Hash of each sample's token ids, labels and image, to detect a sample that changed under its key."""
 
     logit_rows: list[int]
     """Logit rows of each sample."""

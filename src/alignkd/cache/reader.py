@@ -3,7 +3,7 @@
 `distill` with `teacher_cache: DIR` opens the cache instead of loading the teacher. Per stage,
 `bind` checks the cache against the run (the fingerprint components, see
 `alignkd.cache.fingerprint`) and maps each dataset row to its sample key. Each call then reads
-the batch's entries, checks each sample's token hash, and assembles the teacher output in the
+the batch's entries, checks each sample's hash (tokens, labels and image), and assembles the teacher output in the
 layout a live teacher returns (`alignkd.cache.assembly`).
 
 A partial cache (written with `--min-length`) contains only the longer samples. A live teacher
@@ -50,7 +50,7 @@ from alignkd.cache.format import (
     read_manifest,
     repair_hint,
 )
-from alignkd.cache.keys import batch_token_hashes, sample_keys
+from alignkd.cache.keys import batch_sample_hashes, sample_keys
 from alignkd.config import ConfigError
 from alignkd.constants import IMAGE_PLACEHOLDER_ID
 from alignkd.data.config import DataConfig
@@ -362,7 +362,7 @@ class CachedTeacher:
             raise CacheError("the batch has no sample_index; the teacher cache finds each sample's entry by its data row")
 
         keys = [self._key_of_row(int(row)) for row in batch["sample_index"].tolist()]
-        hashes = batch_token_hashes(batch)
+        hashes = batch_sample_hashes(batch)
         entries: list[SampleEntry | None] = []
         uncached = []
         for sample, (key, sample_hash) in enumerate(zip(keys, hashes)):
@@ -373,8 +373,9 @@ class CachedTeacher:
                 continue
             if store.token_hash(location) != sample_hash:
                 raise CacheMismatchError(
-                    f"sample {key!r} has other token ids or labels than when the teacher cache {store.folder} was "
-                    "written; the data file changed. Write the cache again with `alignkd cache-teacher`"
+                    f"sample {key!r} has other token ids, labels or image pixels than when the teacher cache "
+                    f"{store.folder} was written; the data file or its image changed. Write the cache again with "
+                    "`alignkd cache-teacher`"
                 )
             entries.append(store.read_entry(key, location))
 

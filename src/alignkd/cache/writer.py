@@ -70,7 +70,7 @@ from alignkd.cache.format import (
     write_bytes_atomic,
     write_manifest,
 )
-from alignkd.cache.keys import batch_token_hashes, sample_keys
+from alignkd.cache.keys import batch_sample_hashes, sample_keys
 from alignkd.config import ConfigError
 from alignkd.data.dataset import LlavaDataset, prepare_dataset
 from alignkd.losses.objective import ResolvedObjective
@@ -397,7 +397,7 @@ class _StageWriter:
             entries = split_teacher_output(
                 output,
                 keys=[keys[row] for row in rows],
-                token_hashes=batch_token_hashes(batch),
+                token_hashes=batch_sample_hashes(batch),
                 outputs=self.outputs,
                 top_k=manifest.write_settings.top_k,
                 temperature=self.settings.temperature,
