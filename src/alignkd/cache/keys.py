@@ -65,7 +65,7 @@ def sample_keys(records: LlavaRecords) -> list[str]:
 def sample_hash(input_ids: torch.Tensor, labels: torch.Tensor, pixel_values: torch.Tensor | None = None) -> str:
     """Hash of one sample's unexpanded token ids and labels (1-D, real tokens only) and its image.
 
-    `pixel_values` [3, H, W] is the preprocessed image the teacher sees, hashed as fp32, so an
+    `pixel_values` [3, H, W] is the preprocessed image given to the teacher, hashed as fp32, so an
     image file replaced under the same name changes the hash. None for a text-only sample.
     """
     digest = hashlib.blake2b(digest_size=_TOKEN_HASH_BYTES)

@@ -452,10 +452,11 @@ def run_distillation(config: DistillConfig) -> list[StageResult]:
     warn_single_process_launch()
     output_dir = Path(config.output_dir)
     check_same_config(config, output_dir)
+    # Before the output folder is written, so that a mistyped path leaves nothing behind.
+    check_input_paths(config)
     if is_main_process():
         write_resolved_config(config, output_dir)
 
-    check_input_paths(config)
     settings = config.loss.resolved()
     set_seed(config.seed)
     teacher, teacher_loaded = load_teacher(config, settings)
